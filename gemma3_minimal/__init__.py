@@ -1,0 +1,5 @@
+"""gemma3_minimal: Gemma 3, every architectural piece, exactly, in small modules."""
+
+from .config import GLOBAL, LOCAL, PRESETS, Gemma3Config, VisionConfig, get_config
+
+__version__ = "0.1.0"

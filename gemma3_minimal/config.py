@@ -1,0 +1,149 @@
+"""Gemma 3 configurations as data: one frozen dataclass, one small override per size.
+
+Numbers come from the Gemma 3 Technical Report (arXiv 2503.19786) and the official configs.
+`layer_types` is the 5 local : 1 global pattern, starting with a local layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+LOCAL = "sliding_attention"
+GLOBAL = "full_attention"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower (So400m) and the multimodal projector."""
+
+    hidden_size: int = 1152  # width of the ViT
+    num_hidden_layers: int = 27  # depth
+    num_attention_heads: int = 16
+    intermediate_size: int = 4304  # MLP width (GELU-tanh)
+    image_size: int = 896  # input resolution, square
+    patch_size: int = 14  # 896 / 14 = 64 patches per side, 4096 patches
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+    mm_tokens_per_image: int = 256  # 64x64 grid average-pooled 4x4 -> 16x16 = 256 vectors
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        side = int(round(self.mm_tokens_per_image**0.5))
+        if side * side != self.mm_tokens_per_image or self.patches_per_side % side:
+            raise ValueError(
+                f"mm_tokens_per_image {self.mm_tokens_per_image} must be a square whose side divides "
+                f"the patch grid side {self.patches_per_side}"
+            )
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.patches_per_side**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class Gemma3Config:
+    """Gemma 3 decoder (and, when `vision` is set, the multimodal model around it)."""
+
+    vocab_size: int = 262_144  # the SentencePiece vocabulary, same for every size
+    hidden_size: int = 640  # model width d
+    intermediate_size: int = 2048  # GeGLU hidden width
+    num_hidden_layers: int = 18
+    num_attention_heads: int = 4  # query heads
+    num_key_value_heads: int = 1  # grouped-query attention: heads share K/V
+    head_dim: int = 256
+    query_pre_attn_scalar: float = 256  # attention scores are scaled by query_pre_attn_scalar ** -0.5
+    sliding_window: int = 512  # a local layer sees this many positions, itself included
+    sliding_window_pattern: int = 6  # every 6th layer is global: 5 local : 1 global
+    rope_local_base_freq: float = 10_000.0  # RoPE base on local layers
+    rope_theta: float = 1_000_000.0  # RoPE base on global layers
+    rope_scaling_factor: float = 1.0  # linear positional interpolation on global layers (8 for 128K models)
+    max_position_embeddings: int = 32_768  # context length
+    rms_norm_eps: float = 1e-6
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    bos_token_id: int = 2
+    image_token_id: int = 262_144  # <image_soft_token>: replaced by image features, never looked up
+    vision: Optional[VisionConfig] = None  # None: text only
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window",
+                  "sliding_window_pattern", "max_position_embeddings"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{f} must be a positive int, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.rope_scaling_factor < 1.0:
+            raise ValueError(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+
+    @property
+    def layer_types(self) -> list[str]:
+        """`sliding_attention` or `full_attention` per layer: every `sliding_window_pattern`-th is global."""
+        p = self.sliding_window_pattern
+        return [GLOBAL if (i + 1) % p == 0 else LOCAL for i in range(self.num_hidden_layers)]
+
+    @property
+    def num_local_layers(self) -> int:
+        return self.layer_types.count(LOCAL)
+
+    @property
+    def num_global_layers(self) -> int:
+        return self.layer_types.count(GLOBAL)
+
+    def replace(self, **changes) -> "Gemma3Config":
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return replace(self, **changes)
+
+
+_128K = dict(rope_scaling_factor=8.0, max_position_embeddings=131_072)
+
+PRESETS: dict[str, Gemma3Config] = {
+    # A few-layer model for fast tests: layers 0-4 local, layer 5 global, 6-7 local; window 8.
+    "tiny": Gemma3Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=8, max_position_embeddings=4096, name="tiny",
+    ),
+    "270m": Gemma3Config(name="270m"),
+    "1b": Gemma3Config(
+        hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+        num_key_value_heads=1, name="1b",
+    ),
+    "4b": Gemma3Config(
+        hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+        num_key_value_heads=4, sliding_window=1024, vision=VisionConfig(), name="4b", **_128K,
+    ),
+    "12b": Gemma3Config(
+        hidden_size=3840, intermediate_size=15360, num_hidden_layers=48, num_attention_heads=16,
+        num_key_value_heads=8, sliding_window=1024, vision=VisionConfig(), name="12b", **_128K,
+    ),
+    "27b": Gemma3Config(
+        hidden_size=5376, intermediate_size=21504, num_hidden_layers=62, num_attention_heads=32,
+        num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=5376 // 32, sliding_window=1024,
+        vision=VisionConfig(), name="27b", **_128K,
+    ),
+}
+
+
+def get_config(name: str) -> Gemma3Config:
+    """The preset called `name` ("tiny", "270m", "1b", "4b", "12b", "27b")."""
+    if not isinstance(name, str) or name.lower() not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name.lower()]
