@@ -210,3 +210,17 @@ def test_train_tokenizer_uses_gemma_settings(small):
     for text in ["  two leading", "tab\tand\n\nnewlines   ", "🫩 x 42"]:
         assert small.decode(small.encode(text)) == text
     assert not small.id_to_piece(small.encode("the")[0]).startswith("\u2581")
+
+
+def test_token_html_and_explorer(tok):
+    """The notebook's picture: one box per token with its id, text escaped; the widget redraws it."""
+    from gemma3_minimal.viz import token_html
+    from gemma3_minimal.widgets import token_explorer
+
+    text = "<b>1 2</b><start_of_turn>"
+    page = token_html(tok, text)
+    assert page.count("<span") == len(tok.encode(text)) == 6
+    assert "&lt;b&gt;" in page and ">105</sub>" in page
+    box, count, out = token_explorer(tok, "a").children
+    box.value = text
+    assert out.value == page and count.value == "6 tokens"
