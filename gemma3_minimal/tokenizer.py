@@ -26,20 +26,11 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from .weights import cache_dir, expected_sha256, gguf_path
 
 # GGUF token types (llama.cpp) -> SentencePiece piece types; both number them the same way.
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6
+_NORMAL, _UNKNOWN, _USER_DEFINED = 1, 2, 4
 # Every control piece looks like `<name>`: one cheap regex finds candidates, a dict confirms them.
 _CONTROL_CANDIDATE = re.compile(r"<[^<>]+>")
 _SPACE = "\u2581"  # SentencePiece's visible space
 _BUILD_VERSION = 1  # part of the cached file's name: bump it whenever build_model_proto changes
-
-
-def _normalizer_spec(proto: sp_pb2.ModelProto) -> None:
-    """Gemma keeps text as written: no normalization, no leading space, whitespace not folded."""
-    spec = proto.normalizer_spec
-    spec.name = "identity"
-    spec.add_dummy_prefix = False
-    spec.remove_extra_whitespaces = False
-    spec.escape_whitespaces = True
 
 
 def build_model_proto(gguf_file: str | Path) -> bytes:
@@ -82,7 +73,11 @@ def build_model_proto(gguf_file: str | Path) -> bytes:
     trainer.unk_id = unk_id
     for name in ("pad", "eos", "bos", "unk"):
         setattr(trainer, f"{name}_piece", proto.pieces[getattr(trainer, f"{name}_id")].piece)
-    _normalizer_spec(proto)
+    # Gemma keeps text as written: no normalization, no leading space, whitespace not folded.
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
     return proto.SerializeToString()
 
 
@@ -112,10 +107,16 @@ class Gemma3Tokenizer:
         self.special_ids = {i: self.sp.id_to_piece(i) for i in range(n) if self.sp.is_control(i)}
         self.special_ids[self.sp.unk_id()] = self.sp.id_to_piece(self.sp.unk_id())
         self._special_by_piece = {p: i for i, p in self.special_ids.items()}
+        odd = [p for p in self._special_by_piece if not _CONTROL_CANDIDATE.fullmatch(p)]
+        if odd:
+            raise ValueError(f"control pieces must be written <name> so encode can find them in text: {odd}")
 
     @classmethod
     def from_pretrained(cls) -> Gemma3Tokenizer:
-        """The real Gemma 3 tokenizer from the 270M GGUF; no network. Example: `tok = Gemma3Tokenizer.from_pretrained()`."""
+        """The real Gemma 3 tokenizer, from the 270M GGUF; no network.
+
+        Example: `tok = Gemma3Tokenizer.from_pretrained()`.
+        """
         return cls(model_file())
 
     @property
@@ -168,7 +169,10 @@ class Gemma3Tokenizer:
         return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        """Text of token ids; control pieces are written out unless skipped. Example: `decode([2, 10979])` -> `'<bos>Hi'`."""
+        """Text of token ids; control pieces are written out unless skipped.
+
+        Example: `decode([2, 10979])` -> `'<bos>Hi'`; with `skip_special_tokens=True` -> `'Hi'`.
+        """
         parts: list[str] = []
         run: list[int] = []
         for token_id in ids:
@@ -255,7 +259,8 @@ def train_tokenizer(
 
     Gemma's choices: BPE, digits split one by one, byte fallback (no `<unk>` ever), whitespace kept
     (no dummy prefix, runs not folded, whitespace-only pieces allowed), identity normalization,
-    ids pad 0 / eos 1 / bos 2 / unk 3, then `control_symbols`. `options` go to `SentencePieceTrainer.train` unchanged.
+    ids pad 0 / eos 1 / bos 2 / unk 3, then `control_symbols`. `model_prefix` keeps the `.model` and
+    `.vocab` files (default: a temporary folder); `options` override any `SentencePieceTrainer` setting.
     Example: `train_tokenizer(["data/corpus.txt"], vocab_size=1000).encode("hello")`.
     """
     settings = dict(
@@ -267,7 +272,7 @@ def train_tokenizer(
         remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True,
         normalization_rule_name="identity",
-        character_coverage=1.0,
+        character_coverage=1.0,  # small corpora: every character seen gets a piece
         max_sentence_length=1 << 16,
         pad_id=0,
         eos_id=1,
@@ -278,7 +283,7 @@ def train_tokenizer(
         bos_piece="<bos>",
         unk_piece="<unk>",
         control_symbols=list(control_symbols),
-        num_threads=1,
+        num_threads=1,  # the same merges on every run
         minloglevel=2,
     )
     settings.update(options)

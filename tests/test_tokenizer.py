@@ -224,3 +224,9 @@ def test_token_html_and_explorer(tok):
     box, count, out = token_explorer(tok, "a").children
     box.value = text
     assert out.value == page and count.value == "6 tokens"
+
+
+def test_control_pieces_must_look_like_tags():
+    """encode finds control pieces in text by their `<name>` shape; other spellings are refused."""
+    with pytest.raises(ValueError, match=r"\[CLS\]"):
+        train_tokenizer([ROOT / "data" / "multilingual" / "en.txt"], vocab_size=320, control_symbols=["[CLS]"])
