@@ -15,6 +15,7 @@ from .distill import (
     DistillHistory,
     StoreError,
     TeacherStore,
+    cache_teacher_logits,
     distill,
     full_distillation_loss,
     sample_teacher_targets,

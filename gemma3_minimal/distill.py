@@ -181,6 +181,33 @@ def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _check_data(data: torch.Tensor) -> None:
+    if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.dtype.is_floating_point or data.numel() == 0:
+        got = f"{data.dtype} {tuple(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"data must be integer token ids [num_seq, seq_len], got {got}")
+
+
+def _check_cached_logits(logits: torch.Tensor, data: torch.Tensor) -> None:
+    _check_logits("cached teacher logits", logits)
+    if logits.dim() != 3 or logits.shape[:2] != data.shape:
+        raise ValueError(
+            f"shape mismatch: cached teacher logits {tuple(logits.shape)} do not cover data {tuple(data.shape)}"
+        )
+
+
+@torch.no_grad()
+def cache_teacher_logits(
+    teacher: nn.Module, data: torch.Tensor, batch_size: int = 8, dtype: torch.dtype = torch.float16
+) -> torch.Tensor:
+    """The teacher's logits for every token of data [num_seq, seq_len], computed once, batch by batch.
+
+    Returns [num_seq, seq_len, vocab] in `dtype`: the dense cache that full-vocabulary distillation
+    needs, vocab x 2 bytes per token in float16 (what `TeacherStore` avoids).
+    """
+    _check_data(data)
+    return torch.cat([teacher(data[s : s + batch_size]).to(dtype) for s in range(0, data.shape[0], batch_size)])
+
+
 class StoreError(ValueError):
     """A teacher-store file that is truncated, corrupt or does not fit the data or student."""
 
@@ -224,16 +251,24 @@ class TeacherStore:
     @torch.no_grad()
     def build(
         cls,
-        teacher: nn.Module,
+        teacher: Union[nn.Module, torch.Tensor],
         data: torch.Tensor,
         num_samples: int = 256,
         generator: Optional[torch.Generator] = None,
         batch_size: int = 8,
     ) -> "TeacherStore":
-        """Run the teacher once over data [num_seq, seq_len] and keep `num_samples` draws per token."""
+        """Keep `num_samples` draws per token of data [num_seq, seq_len] from the teacher.
+
+        teacher: a model, run once over the data batch by batch, or its cached logits
+        [num_seq, seq_len, vocab] (see `cache_teacher_logits`).
+        """
+        _check_data(data)
+        if isinstance(teacher, torch.Tensor):
+            _check_cached_logits(teacher, data)
         ids, weights = [], []
         for start in range(0, data.shape[0], batch_size):
-            logits = teacher(data[start : start + batch_size])  # [b, T, V]
+            rows = slice(start, start + batch_size)
+            logits = teacher[rows] if isinstance(teacher, torch.Tensor) else teacher(data[rows])  # [b, T, V]
             i, w = sample_teacher_targets(logits, num_samples, generator)
             ids.append(i.to(torch.int32))
             weights.append(w.to(torch.float16))
@@ -328,7 +363,7 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
-Teacher = Union[nn.Module, TeacherStore, None]
+Teacher = Union[nn.Module, torch.Tensor, TeacherStore, None]
 
 
 def _step_loss(
@@ -350,11 +385,14 @@ def _step_loss(
                 f"the store's teacher {teacher_or_store.vocab_size}"
             )
         return sparse_cross_entropy(logits, *teacher_or_store.targets(rows))
-    with torch.no_grad():
-        teacher_logits = teacher_or_store(tokens)  # [b, T, V]
+    if isinstance(teacher_or_store, torch.Tensor):
+        target_logits = teacher_or_store[rows]  # [b, T, V] cached
+    else:
+        with torch.no_grad():
+            target_logits = teacher_or_store(tokens)  # [b, T, V]
     if num_samples is None:
-        return full_distillation_loss(logits, teacher_logits)
-    return sampled_distillation_loss(logits, teacher_logits, num_samples, generator)
+        return full_distillation_loss(logits, target_logits)
+    return sampled_distillation_loss(logits, target_logits, num_samples, generator)
 
 
 def distill(
@@ -375,8 +413,9 @@ def distill(
 
     teacher_or_store picks the target:
     - None: hard labels (next-token cross-entropy on data), the baseline;
-    - a model (input_ids [b, T] -> logits [b, T, V]), run on each batch: full-vocabulary
-      distillation if num_samples is None, else `num_samples` draws per token;
+    - a model (input_ids [b, T] -> logits [b, T, V]), run on each batch, or its cached logits
+      [num_seq, seq_len, V] (`cache_teacher_logits`): full-vocabulary distillation if num_samples is
+      None, else `num_samples` draws per token;
     - a `TeacherStore` built on this data: the cached draws, no teacher needed.
     Step s trains on rows s*batch_size ... (s+1)*batch_size - 1 (mod num_seq), so runs with the
     same data see the same batches. seed drives the teacher sampling. With eval_data, the held-out
@@ -385,14 +424,16 @@ def distill(
     """
     from tqdm.auto import tqdm
 
-    if data.dim() != 2 or data.dtype.is_floating_point or data.shape[0] == 0:
-        raise ValueError(f"data must be integer token ids [num_seq, seq_len], got {data.dtype} {tuple(data.shape)}")
+    _check_data(data)
+    if isinstance(teacher_or_store, torch.Tensor):
+        _check_cached_logits(teacher_or_store, data)
     if isinstance(teacher_or_store, TeacherStore) and teacher_or_store.data_sha256 != tokens_sha256(data):
         raise ValueError("the teacher store was built on other data (its data_sha256 does not match)")
     if num_samples is not None:
         _check_num_samples(num_samples)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    # fused: one pass over the parameters, about 10x faster on CPU for a 262,144-row embedding
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, fused=True)
     history = DistillHistory()
 
     def evaluate(step: int) -> None:

@@ -16,6 +16,7 @@ from gemma3_minimal.distill import (
     DistillHistory,
     StoreError,
     TeacherStore,
+    cache_teacher_logits,
     distill,
     full_distillation_loss,
     full_distribution_bytes,
@@ -271,3 +272,23 @@ def test_distill_is_reproducible_and_hard_labels_need_no_teacher():
         torch.manual_seed(0)
         runs.append(distill(Bigram(32), None, data, 5, lr=0.1, progress=False).loss)
     assert runs[0] == runs[1] and runs[0][-1] < runs[0][0]
+
+
+def test_cached_teacher_logits_give_the_same_training_and_store():
+    data = torch.randint(0, 32, (5, 6), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    teacher = Bigram(32, 2.0)
+    cached = cache_teacher_logits(teacher, data, batch_size=2, dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(cached, teacher(data))
+    runs = []
+    for target in (teacher, cached):
+        torch.manual_seed(1)
+        runs.append(distill(Bigram(32), target, data, 4, batch_size=2, num_samples=None, progress=False).loss)
+    assert runs[0] == runs[1]
+    stores = [TeacherStore.build(t, data, 16, torch.Generator().manual_seed(2), batch_size=2) for t in (teacher, cached)]
+    assert torch.equal(stores[0].ids, stores[1].ids) and torch.equal(stores[0].weights, stores[1].weights)
+    with pytest.raises(ValueError, match="do not cover"):
+        distill(Bigram(32), cached[:4], data, 1, progress=False)
+    with pytest.raises(ValueError, match="do not cover"):
+        TeacherStore.build(cached[:, :5], data)
