@@ -1,16 +1,6 @@
 """gemma3_minimal: Gemma 3, every architectural piece, exactly, in small modules."""
 
 from .config import GLOBAL, LOCAL, PRESETS, Gemma3Config, VisionConfig, get_config
-from .generate import generate, generate_ids, sample_next, stream
-from .kv_cache import KVCache
-from .layers import Attention, GeGLU, RMSNorm
-from .masks import attention_mask, causal_mask, image_groups, sliding_window_mask
-from .model import Gemma3ForCausalLM
-from .rope import apply_rope, rope_cos_sin, rope_inv_freq
-from .tokenizer import Gemma3Tokenizer, train_tokenizer
-from .weights import load_model, load_pretrained
-
-__version__ = "0.1.0"
 from .distill import (
     DistillHistory,
     StoreError,
@@ -22,3 +12,13 @@ from .distill import (
     sampled_distillation_loss,
     sparse_cross_entropy,
 )
+from .generate import generate, generate_ids, sample_next, stream
+from .kv_cache import KVCache
+from .layers import Attention, GeGLU, RMSNorm
+from .masks import attention_mask, causal_mask, image_groups, sliding_window_mask
+from .model import Gemma3ForCausalLM
+from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .tokenizer import Gemma3Tokenizer, train_tokenizer
+from .weights import load_model, load_pretrained
+
+__version__ = "0.1.0"

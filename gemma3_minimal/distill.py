@@ -360,7 +360,8 @@ class DistillHistory:
 def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Hard-label cross-entropy: logits at position t against the token at t + 1. tokens: [b, T]."""
     logits = model(tokens)  # [b, T, V]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    labels = F.pad(tokens[:, 1:], (0, 1), value=-100)  # [b, T]; the last position has no next token
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
 
 Teacher = Union[nn.Module, torch.Tensor, TeacherStore, None]

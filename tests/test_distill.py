@@ -20,6 +20,7 @@ from gemma3_minimal.distill import (
     distill,
     full_distillation_loss,
     full_distribution_bytes,
+    next_token_loss,
     sample_teacher_targets,
     sampled_distillation_loss,
     sparse_cross_entropy,
@@ -229,6 +230,13 @@ def test_store_must_fit_data_and_student():
         distill(Bigram(40), store, data, 1, progress=False)
     with pytest.raises(StoreError, match="padding last"):
         TeacherStore(store.ids, store.weights.flip(-1), 32, 8, store.data_sha256)
+
+
+def test_next_token_loss_is_shifted_cross_entropy():
+    tokens = torch.randint(0, 32, (3, 7), generator=torch.Generator().manual_seed(0))
+    model = Bigram(32)
+    reference = F.cross_entropy(model(tokens)[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+    torch.testing.assert_close(next_token_loss(model, tokens), reference)
 
 
 def test_distill_records_losses_and_evaluations():
