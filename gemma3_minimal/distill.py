@@ -209,7 +209,7 @@ def cache_teacher_logits(
 
 
 class StoreError(ValueError):
-    """A teacher-store file that is truncated, corrupt or does not fit the data or student."""
+    """A teacher store that is truncated, corrupt, malformed or not laid out as `TeacherStore` expects."""
 
 
 @dataclass(frozen=True)
@@ -325,6 +325,8 @@ class TeacherStore:
             vocab_size, num_samples = int(metadata["vocab_size"]), int(metadata["num_samples"])
             num_seq, seq_len = json.loads(metadata["shape"])
             data_sha256 = metadata["data_sha256"]
+            if vocab_size < 1 or num_samples < 1 or num_seq < 1 or seq_len < 1:
+                raise ValueError("vocab_size, num_samples and shape must be positive")
         except (KeyError, ValueError, TypeError) as e:
             raise StoreError(f"{path} has a malformed header: {e}") from e
         counts, flat_ids, flat_weights = tensors["counts"], tensors["ids"], tensors["weights"]

@@ -10,9 +10,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gemma3_minimal.distill import (
+    _content_sha256,
     DistillHistory,
     StoreError,
     TeacherStore,
@@ -218,6 +221,25 @@ def test_corrupt_store_files_raise_store_error(tmp_path):
             TeacherStore.load(path)
     with pytest.raises(StoreError, match="not a readable"):
         TeacherStore.load(tmp_path / "missing.safetensors")
+
+
+def test_store_headers_that_do_not_fit_the_content_raise_store_error(tmp_path):
+    data = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "teacher.safetensors"
+    TeacherStore.build(Bigram(32), data, 8, torch.Generator().manual_seed(0)).save(path)
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as f:
+        good = f.metadata()
+    cases = {"shape": ("[3, 5]", "do not fit"), "num_samples": ("0", "malformed"), "vocab_size": ("ten", "malformed")}
+    for key, (value, message) in cases.items():
+        save_file(tensors, path, metadata={**good, key: value})
+        with pytest.raises(StoreError, match=message):
+            TeacherStore.load(path)
+    ids = tensors["ids"].clone()
+    ids[0] = 40  # outside the 32-entry vocabulary, with a matching content hash
+    save_file({**tensors, "ids": ids}, path, metadata={**good, "content_sha256": _content_sha256({**tensors, "ids": ids})})
+    with pytest.raises(StoreError, match=r"\[0, 32\)"):
+        TeacherStore.load(path)
 
 
 def test_store_must_fit_data_and_student():
