@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .layers import RMSNorm
 
 
 class SiglipVisionEmbeddings(nn.Module):
@@ -114,20 +115,6 @@ class SiglipVisionModel(nn.Module):
         return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))
 
 
-class SoftEmbNorm(nn.Module):
-    """RMSNorm with scale `1 + w`, computed in float32 (Gemma's norm; `w` starts at 0)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).type_as(x)
-
-
 def pool_patches(features: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
     """Average-pool the square patch grid down to `tokens_per_image` vectors.
 
@@ -149,7 +136,7 @@ class Gemma3MultiModalProjector(nn.Module):
         self.tokens_per_image = cfg.mm_tokens_per_image
         # Stored [vision width, text width] and applied as x @ W, as in the checkpoint.
         self.mm_input_projection_weight = nn.Parameter(torch.zeros(cfg.hidden_size, text_hidden_size))
-        self.mm_soft_emb_norm = SoftEmbNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mm_soft_emb_norm = RMSNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # Gemma's 1 + w norm
 
     def forward(self, vision_outputs: torch.Tensor) -> torch.Tensor:
         """vision_outputs: [batch, patches, vision width] -> [batch, tokens_per_image, text width]."""

@@ -1,0 +1,37 @@
+"""Rotary position embeddings (RoPE): base 10k on local layers, 1M on global layers.
+
+A pair of channels (i, i + head_dim/2) is rotated by the angle `position * inv_freq[i]`.
+The 128K-context models (4B, 12B, 27B) interpolate positions on global layers: linear
+scaling x8 divides every frequency by 8 (Gemma 3 report, section 2.2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling_factor: float = 1.0) -> torch.Tensor:
+    """[head_dim / 2] float32 frequencies `1 / base^(2i / head_dim) / scaling_factor`."""
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (base**exponent) / scaling_factor
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for `positions` [..., T]: each [..., T, head_dim] float32."""
+    angles = positions.float().unsqueeze(-1) * inv_freq.to(positions.device)  # [..., T, D/2]
+    emb = torch.cat((angles, angles), dim=-1)  # [..., T, D]: both halves of a pair share an angle
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys x [batch, heads, T, head_dim] by cos/sin [T, head_dim] (or [batch, 1, T, D])."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin
