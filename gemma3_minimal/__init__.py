@@ -6,6 +6,7 @@ from .kv_cache import KVCache
 from .layers import Attention, GeGLU, RMSNorm
 from .generate import generate, generate_ids, sample_next, stream
 from .model import Gemma3ForCausalLM
+from .multimodal import Gemma3ForConditionalGeneration, Gemma3Processor, generate_with_images
 from .pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
