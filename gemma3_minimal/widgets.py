@@ -8,7 +8,27 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from .viz import draw_pan_and_scan
+from .viz import draw_pan_and_scan, token_html
+
+# --- 01 tokenizer ------------------------------------------------------------------------------
+
+
+def token_explorer(tok, text: str = "Type here: tokens, 12345, emoji 👩🏾‍💻 and 中文."):
+    """A text box whose tokens are redrawn (with `viz.token_html`) on every keystroke.
+
+    Example: `display(token_explorer(Gemma3Tokenizer.from_pretrained()))`.
+    """
+    box = widgets.Textarea(value=text, layout=widgets.Layout(width="100%", height="5em"))
+    out = widgets.HTML(token_html(tok, text))
+    count = widgets.Label(f"{len(tok.encode(text))} tokens")
+
+    def redraw(change) -> None:
+        out.value = token_html(tok, change["new"])
+        count.value = f"{len(tok.encode(change['new']))} tokens"
+
+    box.observe(redraw, names="value")
+    return widgets.VBox([box, count, out])
+
 
 # --- 07 pan and scan -----------------------------------------------------------------------------
 

@@ -179,3 +179,14 @@ def test_generate_with_images_runs_through_the_processor() -> None:
     text = generate_with_images(ours, proc, "Look <start_of_image>", [Image.new("RGB", (80, 60), "blue")],
                                 max_new_tokens=4)
     assert isinstance(text, str) and 0 < len(text) <= 4
+
+
+def test_processor_with_the_real_tokenizer() -> None:
+    """With Gemma 3's vocabulary: `\\n\\n` is id 108, the image markers 255999 and 256000, soft tokens 262144."""
+    from gemma3_minimal import Gemma3Tokenizer
+
+    tok = Gemma3Tokenizer.from_pretrained()
+    proc = Gemma3Processor(tok, get_config("4b"))
+    ids, pv = proc("Describe<start_of_image>", [Image.new("RGB", (100, 80), "green")])
+    assert pv.shape == (1, 3, 896, 896)
+    assert ids[0].tolist() == [2] + tok.encode("Describe\n\n") + [255999] + [262144] * 256 + [256000, 108]
