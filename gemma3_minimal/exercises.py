@@ -112,16 +112,15 @@ def difference(expected: Any, got: Any, tolerance: dict = FLOAT_TOLERANCE) -> Op
     return None if got == expected else f"expected {expected!r}, got {got!r}"
 
 
-def _show(value: Any) -> str:
-    """A value as a learner reads it: small masks as 0/1 grids, small tensors whole, others by shape."""
+def _picture(value: Any) -> Optional[str]:
+    """A small tensor as a learner reads it (masks as 0/1 grids); None when the one-line difference says enough."""
     if not isinstance(value, torch.Tensor):
-        return repr(value)
+        return None
     if value.dtype == torch.bool and value.dim() == 2 and value.shape[1] <= 16:
         return "\n".join(" ".join("1" if v else "0" for v in row) for row in value.tolist())
     if value.numel() <= SMALL:
-        with torch.no_grad():
-            return str(value.detach().float().numpy().round(4)) if value.is_floating_point() else str(value.tolist())
-    return _describe(value)
+        return str(value.detach().float().numpy().round(4)) if value.is_floating_point() else str(value.tolist())
+    return None
 
 
 def _indent(text: str) -> str:
@@ -159,16 +158,31 @@ def _error_message(exercise: str, case: Case, error: Exception) -> str:
     )
 
 
-def _recognize(mistakes: Sequence[Mistake], case: Case, got: Any) -> Optional[Mistake]:
-    """The first known wrong variant whose output on `case` equals the learner's."""
-    for mistake in mistakes:
+def _same(mistake: Mistake, case: Case, got: Any) -> bool:
+    try:
+        wrong = mistake.fn(*_clone(case.args))
+    except Exception:  # a wrong variant may not even run on this input; then it is not this one
+        return False
+    return difference(wrong, got, RECOGNIZE_TOLERANCE) is None
+
+
+def _recognize(mistakes: Sequence[Mistake], fn: Callable, cases: Sequence[Case], failed: Case, got: Any
+               ) -> Optional[Mistake]:
+    """The known wrong variant that reproduces the learner's output on the failed case and on most others.
+
+    Two mistakes can agree on one input (floor and round-half-even both give 2 for 2.5), so the
+    learner's outputs on every case decide between them.
+    """
+    candidates = [m for m in mistakes if _same(m, failed, got)]
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    outputs = []
+    for case in cases:
         try:
-            wrong = mistake.fn(*_clone(case.args))
-        except Exception:  # a wrong variant may not even run on this input; then it is not this one
+            outputs.append((case, fn(*_clone(case.args))))
+        except Exception:  # judged on the inputs where the learner's code runs
             continue
-        if difference(wrong, got, RECOGNIZE_TOLERANCE) is None:
-            return mistake
-    return None
+    return max(candidates, key=lambda m: sum(_same(m, case, out) for case, out in outputs))
 
 
 def run_check(
@@ -199,14 +213,15 @@ def _verdict(exercise, fn, cases, reference, reference_name, mistakes, fallback_
         why = difference(expected, got)
         if why is None:
             continue
-        mistake = _recognize(mistakes, case, got)
+        mistake = _recognize(mistakes, fn, cases, case, got)
         hint = mistake.hint if mistake else fallback_hint
-        message = (
-            f"❌ {exercise}({case.label}) is not right: {why}.\n"
-            f"  expected ({reference_name}):\n{_indent(_show(expected))}\n"
-            f"  got:\n{_indent(_show(got))}\n"
-            f"Hint: {hint}"
-        )
+        message = f"❌ {exercise}({case.label}) is not right: {why}.\n"
+        pictures = _picture(expected), _picture(got)
+        if None not in pictures:
+            message += f"  expected ({reference_name}):\n{_indent(pictures[0])}\n  got:\n{_indent(pictures[1])}\n"
+        else:
+            message += f"  (expected: {reference_name})\n"
+        message += f"Hint: {hint}"
         return CheckResult(exercise, False, message, mistake.name if mistake else None)
     return CheckResult(exercise, True, f"✅ {exercise}: all {len(cases)} inputs match {reference_name}. Well done!")
 
@@ -436,6 +451,17 @@ def check_rms_norm(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tenso
                      RMS_NORM_MISTAKES, "normalize over the last dimension only, one row at a time.")
 
 
+def _repeat_kv_reference(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """repeat_kv as the library's grouped attention sees it (it never copies K/V heads).
+
+    With zero queries and a diagonal mask, query t of head h attends to key t only, with weight 1,
+    so the output is the value that head h reads: x[:, h // n_rep, t], exactly.
+    """
+    b, k, t, d = x.shape
+    queries = torch.zeros(b, k * n_rep, t, d, dtype=x.dtype)
+    return layers.grouped_attention(queries, x, x, torch.eye(t, dtype=torch.bool), scaling=1.0)
+
+
 def _repeat_kv_cases(n_random: int = 5, seed: int = 0) -> list[Case]:
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -457,7 +483,7 @@ REPEAT_KV_MISTAKES = (
 
 def check_repeat_kv(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> CheckResult:
     """`fn(x [B, K, T, D], n_rep) -> [B, K * n_rep, T, D]`: each K/V head repeated for its query heads."""
-    return run_check("repeat_kv", fn, _repeat_kv_cases(), layers.repeat_kv, "gemma3_minimal.layers.repeat_kv",
+    return run_check("repeat_kv", fn, _repeat_kv_cases(), _repeat_kv_reference, "gemma3_minimal.layers.grouped_attention",
                      REPEAT_KV_MISTAKES, "query head h uses K/V head h // n_rep.")
 
 

@@ -57,6 +57,8 @@ EXERCISE_TABLE = [
     ("03_rope.ipynb", "apply_rope", ex.check_rope),
     ("04_decoder_block.ipynb", "rms_norm", ex.check_rms_norm),
     ("04_decoder_block.ipynb", "repeat_kv", ex.check_repeat_kv),
+    ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
+    ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
 ]
 
 
@@ -115,6 +117,36 @@ def rms_bf16(x, w, eps=1e-6):
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1 + w.to(x.dtype))
 
 
+def pool_rows(f, tokens):
+    b, n, c = f.shape
+    return f.view(b, tokens, n // tokens, c).mean(2)
+
+
+def pool_reshaped_without_transpose(f, tokens):
+    b, n, c = f.shape
+    side = math.isqrt(n)
+    image = f.reshape(b, c, side, side)
+    return torch.nn.functional.avg_pool2d(image, side // math.isqrt(tokens)).flatten(2).transpose(1, 2)
+
+
+def pool_column_major(f, tokens):
+    b, n, c = f.shape
+    out, k = math.isqrt(tokens), math.isqrt(n) // math.isqrt(tokens)
+    return f.view(b, out, k, out, k, c).mean((2, 4)).transpose(1, 2).reshape(b, tokens, c)
+
+
+def crop_count_with(n_of, cap=True):
+    def crop_count(width, height):
+        long, short = max(width, height), min(width, height)
+        if long / short < 1.2:
+            return 0
+        n = n_of(long / short)
+        n = min(4, max(2, min(n, long // 256) if cap else n))
+        return 0 if min(math.ceil(long / n), short) < 256 else n
+
+    return crop_count
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -130,6 +162,12 @@ WRONG_ANSWERS = [
     (ex.check_repeat_kv, lambda x, n: x.repeat(1, n, 1, 1), "tiled"),
     (ex.check_repeat_kv, lambda x, n: torch.cat([x] * n, dim=1), "tiled"),
     (ex.check_repeat_kv, lambda x, n: x.repeat_interleave(n, dim=2), "wrong_dim"),
+    (ex.check_patch_pooling, pool_rows, "consecutive_patches"),
+    (ex.check_patch_pooling, pool_reshaped_without_transpose, "wrong_axes"),
+    (ex.check_patch_pooling, pool_column_major, "transposed_grid"),
+    (ex.check_pan_and_scan_crop_count, crop_count_with(round), "round_half_even"),
+    (ex.check_pan_and_scan_crop_count, crop_count_with(int), "floor"),
+    (ex.check_pan_and_scan_crop_count, crop_count_with(lambda r: math.floor(r + 0.5), cap=False), "no_cap"),
 ]
 
 
