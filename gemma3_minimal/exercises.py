@@ -185,6 +185,12 @@ def _recognize(mistakes: Sequence[Mistake], fn: Callable, cases: Sequence[Case],
     return max(candidates, key=lambda m: sum(_same(m, case, out) for case, out in outputs))
 
 
+def _dtype_hint(expected: Any, got: Any) -> Optional[str]:
+    if isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor) and got.dtype != expected.dtype:
+        return f"return a {expected.dtype} tensor (`.to({expected.dtype})` converts; a comparison gives bool)."
+    return None
+
+
 def run_check(
     exercise: str,
     fn: Callable[..., Any],
@@ -214,7 +220,7 @@ def _verdict(exercise, fn, cases, reference, reference_name, mistakes, fallback_
         if why is None:
             continue
         mistake = _recognize(mistakes, fn, cases, case, got)
-        hint = mistake.hint if mistake else fallback_hint
+        hint = mistake.hint if mistake else _dtype_hint(expected, got) or fallback_hint
         message = f"❌ {exercise}({case.label}) is not right: {why}.\n"
         pictures = _picture(expected), _picture(got)
         if None not in pictures:

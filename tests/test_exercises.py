@@ -227,6 +227,7 @@ def test_wrong_shape_and_dtype_are_named():
     assert "expected shape [8, 8], got shape [8]" in ex.check_sliding_window_mask(lambda t, w: torch.ones(t)).message
     float_mask = ex.check_sliding_window_mask(lambda t, w: ex.masks.sliding_window_mask(t, w).float()).message
     assert "expected dtype torch.bool, got dtype torch.float32" in float_mask
+    assert "Hint: return a torch.bool tensor" in float_mask
 
 
 def test_passing_a_result_instead_of_a_function_is_explained():
