@@ -46,6 +46,7 @@ EXPLORERS = {
 EXPLORER = EXPLORERS["07"]
 
 
+@pytest.fixture(scope="module")
 def chromium() -> str:
     """Path of a Chromium binary; installs Debian's package when it is missing and we may."""
     for name in ("chromium", "chromium-browser"):
@@ -140,12 +141,12 @@ RUN_ALL = """async () => {
 }"""
 
 
-def test_a_slider_redraws_the_explorer_in_a_real_browser(lab):
+def test_a_slider_redraws_the_explorer_in_a_real_browser(chromium, lab):
     from playwright.sync_api import sync_playwright
 
     explorer = EXPLORER
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
