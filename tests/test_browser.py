@@ -39,11 +39,12 @@ class Explorer:
     slider: int  # which slider the test moves (0: the first)
 
 
+# 02: the sequence slider (its default layer is global, so moving the window alone changes nothing).
 EXPLORERS = {
-    "02": Explorer("02_attention_masks.ipynb", slider=1),  # window
+    "02": Explorer("02_attention_masks.ipynb", slider=0),
     "07": Explorer("07_pan_and_scan.ipynb", slider=0),  # width
 }
-EXPLORER = EXPLORERS["07"]
+EXPLORER = EXPLORERS["07"]  # "02" once notebook 02 is on main
 
 
 @pytest.fixture(scope="module")
