@@ -1,0 +1,117 @@
+"""Text generation with the KV cache: greedy, temperature, top-k and top-p sampling, streaming.
+
+The prompt is read once (prefill) into the cache; then each step feeds one token and reads the
+logits of the next. Generation stops at `<eos>` or `<end_of_turn>`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import torch
+
+EOS_ID, END_OF_TURN_ID = 1, 106
+STOP_IDS = (EOS_ID, END_OF_TURN_ID)
+
+Prompt = Union[str, Sequence[dict]]
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pick the next token from logits [batch, vocab] -> [batch] ids.
+
+    temperature 0 is greedy (argmax). Otherwise logits / temperature, keep the `top_k` largest,
+    then the smallest set whose probability reaches `top_p`, and sample from what is left.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # tokens after the nucleus is complete
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop_ids: Sequence[int] = STOP_IDS) -> Iterator[int]:
+    """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)[None]  # [1, T]
+    max_len = ids.shape[1] + max_new_tokens
+    if max_len > model.config.max_position_embeddings:
+        raise ValueError(
+            f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+            f"{model.config.max_position_embeddings} positions"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    cache = model.new_cache(max_len=max_len)
+    logits = model(ids, cache, last_only=True)[:, -1]  # [1, vocab]
+    for _ in range(max_new_tokens):
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]
+        token = int(next_id)
+        yield token
+        if token in stop_ids or cache.length == max_len:
+            return
+        logits = model(next_id[:, None], cache)[:, -1]
+
+
+def encode_prompt(tok, prompt: Prompt) -> list[int]:
+    """A string becomes `<bos>` + its ids; a list of chat messages goes through the chat template."""
+    if isinstance(prompt, str):
+        return tok.encode(prompt, add_bos=True)
+    if isinstance(prompt, (list, tuple)):
+        return tok.apply_chat_template(list(prompt), add_generation_prompt=True)
+    raise TypeError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+
+
+def stream(model, tok, prompt: Prompt, max_new_tokens: int = 32, **sampling) -> Iterator[str]:
+    """Yield the generated text piece by piece as tokens arrive (stop tokens are not shown)."""
+    new: list[int] = []
+    shown = ""
+    for token in generate_ids(model, encode_prompt(tok, prompt), max_new_tokens, **sampling):
+        if token in STOP_IDS:
+            break
+        new.append(token)
+        text = tok.decode(new)
+        if text.endswith("\ufffd"):  # half of a character split over byte tokens: wait for the rest
+            continue
+        yield text[len(shown):]
+        shown = text
+    rest = tok.decode(new)[len(shown):] if new else ""
+    if rest:
+        yield rest
+
+
+def generate(model, tok, prompt: Prompt, max_new_tokens: int = 32, temperature: float = 0.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+             on_text: Optional[Callable[[str], None]] = None) -> str:
+    """The continuation of `prompt` as text: `generate(model, tok, "The capital of France is")`.
+
+    `on_text` receives each new piece of text as it is generated (e.g. `print` with end="").
+    """
+    pieces = []
+    for piece in stream(model, tok, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed):
+        pieces.append(piece)
+        if on_text is not None:
+            on_text(piece)
+    return "".join(pieces)

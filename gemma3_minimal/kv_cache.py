@@ -1,0 +1,128 @@
+"""The KV cache: a full buffer on global layers, a ring buffer of `sliding_window` slots on local ones.
+
+A local layer never looks further back than its window, so its cache can overwrite the oldest
+slot: position p lives in slot p % window. With 5 local layers to each global one, most of the
+cache stays a fixed size however long the context grows (Gemma 3 report, section 2.1).
+Every slot remembers the position it holds (-1 when empty); masks are built from those positions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .config import Gemma3Config
+
+
+class LayerCache:
+    """Keys and values of one layer: [batch, kv_heads, slots, head_dim] each, plus slot positions."""
+
+    def __init__(self, batch_size: int, kv_heads: int, slots: int, head_dim: int, ring: bool,
+                 capacity: int, dtype: torch.dtype, device):
+        shape = (batch_size, kv_heads, slots, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # position held by each slot
+        self.groups = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # image ids
+        self.ring = ring
+        self.capacity = capacity  # positions this cache may receive in all
+        self.length = 0  # positions written so far
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key and value buffers."""
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               groups: Optional[torch.Tensor] = None):
+        """Store new keys/values k, v [B, K, T, D] at `positions` [T]; return what the queries attend to.
+
+        Returns (keys, values, key_positions, key_groups). A global layer returns its filled prefix.
+        A ring returns its slots after writing when T == 1 (the overwritten slot is the one that
+        just left the window); for T > 1 it returns old slots and new keys together, since the
+        chunk's first queries still need keys that its last ones push out.
+        """
+        T = k.shape[2]
+        if self.length + T > self.capacity:
+            raise ValueError(
+                f"KV cache full: it was built for {self.capacity} positions and {self.length + T} were asked for; "
+                "build the cache with a larger max_len"
+            )
+        self.length += T
+        if not self.ring:
+            start = int(positions[0])
+            self.k[:, :, start:start + T] = k
+            self.v[:, :, start:start + T] = v
+            self.pos[start:start + T] = positions
+            if groups is not None:
+                self.groups[:, start:start + T] = groups
+            end = start + T
+            return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end], self._groups(groups, end)
+        if T == 1:
+            self._write(k, v, positions, groups)
+            return self.k, self.v, self.pos, self._groups(groups, None)
+        keys = torch.cat([self.k, k], dim=2)
+        values = torch.cat([self.v, v], dim=2)
+        key_pos = torch.cat([self.pos, positions])
+        key_groups = None if groups is None else torch.cat([self.groups, groups], dim=1)
+        self._write(k, v, positions, groups)
+        return keys, values, key_pos, key_groups
+
+    def _groups(self, groups, end):
+        if groups is None:
+            return None
+        return self.groups if end is None else self.groups[:, :end]
+
+    def _write(self, k, v, positions, groups):
+        keep = min(k.shape[2], self.slots)  # only the last `slots` positions can still be seen
+        k, v, positions = k[:, :, -keep:], v[:, :, -keep:], positions[-keep:]
+        slot = positions % self.slots
+        self.k[:, :, slot] = k
+        self.v[:, :, slot] = v
+        self.pos[slot] = positions
+        if groups is not None:
+            self.groups[:, slot] = groups[:, -keep:]
+
+
+class KVCache:
+    """One LayerCache per layer for `max_len` positions; `nbytes` equals `memory.kv_cache_bytes`.
+
+    With `sliding=False` every layer keeps a full buffer (the all-global layout, for comparison).
+    """
+
+    def __init__(self, cfg: Gemma3Config, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
+                 device="cpu", sliding: bool = True):
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if max_len > cfg.max_position_embeddings:
+            raise ValueError(
+                f"max_len {max_len} exceeds the context of {cfg.name} ({cfg.max_position_embeddings} positions)"
+            )
+        self.max_len = max_len
+        self.layers = []
+        for kind in cfg.layer_types:
+            ring = sliding and kind == "sliding_attention"
+            slots = min(cfg.sliding_window, max_len) if ring else max_len
+            self.layers.append(
+                LayerCache(batch_size, cfg.num_key_value_heads, slots, cfg.head_dim, ring, max_len, dtype, device)
+            )
+
+    def __getitem__(self, layer_idx: int) -> LayerCache:
+        return self.layers[layer_idx]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def length(self) -> int:
+        """Positions seen so far (the next token's position)."""
+        return self.layers[0].length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)

@@ -1,0 +1,129 @@
+"""The pieces of a Gemma 3 decoder block: RMSNorm, the GeGLU MLP and grouped-query attention.
+
+Parameter names follow the checkpoint (`q_proj`, `q_norm`, `gate_proj`, ...), so loading weights
+is a name map with shape checks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Gemma3Config
+from .masks import attention_mask
+from .rope import apply_rope
+
+# Queries per attention call when no cache bounds the keys: keeps every score block at
+# [heads, 1024, keys] instead of materializing a [seq, seq] matrix for long inputs.
+QUERY_CHUNK = 1024
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * (1 + w), computed in float32; w starts at 0, so the scale starts at 1."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+class GeGLU(nn.Module):
+    """down(gelu_tanh(gate(x)) * up(x)): the gated MLP of every Gemma 3 block."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[batch, kv_heads, T, D] -> [batch, kv_heads * n_rep, T, D]: each K/V head serves n_rep query heads."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with QK-norm, RoPE and `query_pre_attn_scalar ** -0.5` scaling."""
+
+    def __init__(self, cfg: Gemma3Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.scaling = cfg.query_pre_attn_scalar**-0.5
+        self.is_sliding = cfg.layer_types[layer_idx] == "sliding_attention"
+        self.sliding_window = cfg.sliding_window if self.is_sliding else None
+        H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, K * D, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, K * D, bias=False)
+        self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(D, cfg.rms_norm_eps)  # QK-norm replaces Gemma 2's soft-capping
+        self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, T, hidden]
+        cos: torch.Tensor,  # [T, D] or [B, 1, T, D]
+        sin: torch.Tensor,
+        positions: torch.Tensor,  # [T] absolute positions of the queries
+        cache=None,  # a kv_cache.LayerCache, or None for a plain forward
+        groups: Optional[torch.Tensor] = None,  # [B, T] image ids, -1 for text
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        if cache is not None:
+            k, v, k_pos, k_groups = cache.update(k, v, positions, groups)
+        else:
+            k_pos, k_groups = positions, groups
+        out = self.attend(q, k, v, positions, k_pos, groups, k_groups)  # [B, H, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+    def attend(self, q, k, v, q_pos, k_pos, q_groups, k_groups) -> torch.Tensor:
+        """softmax(q k^T * scaling + mask) v in query chunks; q [B, H, Tq, D], k/v [B, K, Tk, D]."""
+        n_rep = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        Tq, Tk = q.shape[2], k.shape[2]
+        # Keys at consecutive positions (a plain forward, a global cache): a query chunk only
+        # needs the keys from its window start to its last position, so slice them.
+        sequential = Tq > 1 and Tk > QUERY_CHUNK and torch.equal(
+            k_pos, torch.arange(int(k_pos[0]), int(k_pos[0]) + Tk, device=k_pos.device)
+        )
+        outs = []
+        for start in range(0, Tq, QUERY_CHUNK):
+            stop = min(start + QUERY_CHUNK, Tq)
+            lo, hi = 0, Tk
+            if sequential:
+                k0 = int(k_pos[0])
+                if self.sliding_window is not None:
+                    lo = max(0, int(q_pos[start]) - self.sliding_window + 1 - k0)
+                if q_groups is None:  # image tokens may look ahead within their image
+                    hi = min(Tk, int(q_pos[stop - 1]) + 1 - k0)
+            qg = None if q_groups is None else q_groups[:, None, start:stop]
+            kg = None if k_groups is None else k_groups[:, None, lo:hi]
+            mask = attention_mask(q_pos[start:stop], k_pos[lo:hi], self.sliding_window, qg, kg)
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, start:stop], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, scale=self.scaling
+                )
+            )
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

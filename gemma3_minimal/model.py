@@ -1,0 +1,147 @@
+"""Gemma3ForCausalLM: scaled embeddings, a stack of pre- and post-normed blocks, a tied head.
+
+    x = embed(ids) * sqrt(hidden)
+    for each block:  x = x + post_attn_norm(attn(input_norm(x)))
+                     x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
+    logits = norm(x) @ embed.T
+
+Module names follow the checkpoint, so `state_dict()` keys equal transformers' Gemma3ForCausalLM.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .config import Gemma3Config
+from .kv_cache import KVCache
+from .layers import Attention, GeGLU, RMSNorm
+from .rope import rope_cos_sin, rope_inv_freq
+
+
+class DecoderLayer(nn.Module):
+    """One block: attention and MLP, each wrapped in an RMSNorm before and after (Gemma 3 report, 2.1)."""
+
+    def __init__(self, cfg: Gemma3Config, layer_idx: int):
+        super().__init__()
+        self.is_sliding = cfg.layer_types[layer_idx] == "sliding_attention"
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = GeGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, rope, positions, cache=None, groups=None) -> torch.Tensor:
+        cos, sin = rope
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, groups))
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+
+
+class Gemma3TextModel(nn.Module):
+    """Embeddings, blocks and the final norm; returns hidden states [batch, seq, hidden]."""
+
+    def __init__(self, cfg: Gemma3Config):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] ids -> [batch, seq, hidden], scaled by sqrt(hidden) in the weights' dtype."""
+        scale = torch.tensor(self.config.hidden_size**0.5, dtype=self.embed_tokens.weight.dtype)
+        return self.embed_tokens(input_ids) * scale.to(input_ids.device)
+
+    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
+                groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        cfg = self.config
+        # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
+        # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
+        local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq))
+        global_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor))
+        x = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            rope = local_rope if layer.is_sliding else global_rope
+            x = layer(x, rope, positions, None if cache is None else cache[i], groups)
+        return self.norm(x)
+
+
+class Gemma3ForCausalLM(nn.Module):
+    """The Gemma 3 language model: `model(input_ids) -> logits [batch, seq, vocab]`."""
+
+    def __init__(self, cfg: Gemma3Config):
+        super().__init__()
+        self.config = cfg
+        self.model = Gemma3TextModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight  # tied: the head reads the embedding table
+        if not self.lm_head.weight.is_meta:
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random init as transformers does: normal(0, 0.02) matrices, zero norm weights (scale 1)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+            elif isinstance(module, RMSNorm):
+                module.weight.zero_()
+
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
+        """An empty KV cache for `max_len` positions, on the model's device and dtype."""
+        w = self.model.embed_tokens.weight
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+
+    def check_input_ids(self, input_ids: torch.Tensor, offset: int = 0) -> None:
+        """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
+        cfg = self.config
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use .long()")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}; for one sequence use ids[None]"
+            )
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
+        end = offset + input_ids.shape[1]
+        if end > cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {end} positions is longer than the context of {cfg.name} "
+                f"({cfg.max_position_embeddings}); shorten the input"
+            )
+        if not input_ids.is_meta:
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= cfg.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
+                inputs_embeds: Optional[torch.Tensor] = None, groups: Optional[torch.Tensor] = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (or [batch, 1, vocab] with `last_only`).
+
+        Args:
+            input_ids: [batch, seq] token ids; or pass `inputs_embeds` [batch, seq, hidden] instead.
+            cache: a KVCache from `new_cache`; positions continue from `cache.length`.
+            groups: [batch, seq] image ids (-1 for text) for bidirectional attention within an image.
+        """
+        offset = 0 if cache is None else cache.length
+        if inputs_embeds is None:
+            self.check_input_ids(input_ids, offset)
+            inputs_embeds = self.model.embed(input_ids)
+        T = inputs_embeds.shape[1]
+        if offset + T > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {offset + T} positions is longer than the context of {self.config.name} "
+                f"({self.config.max_position_embeddings})"
+            )
+        positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
+        h = self.model(inputs_embeds, positions, cache, groups)
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(h)
