@@ -118,3 +118,31 @@ def test_bad_inputs_raise_clear_errors(call, match: str) -> None:
 def test_non_config_is_refused() -> None:
     with pytest.raises(TypeError, match="expected a Gemma3Config or a preset name"):
         g3.count_parameters(270)
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_count_parameters_matches_our_model_on_meta(name: str) -> None:
+    """Our Gemma3ForCausalLM, built without memory: the text part of every preset (the head is tied)."""
+    cfg = g3.get_config(name)
+    with torch.device("meta"):
+        model = g3.Gemma3ForCausalLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) == parameter_breakdown(cfg).text
+
+
+# The 270M's window is 512: below it, at it, one past it, and far past it (up to the full 32K context).
+@pytest.mark.parametrize("context_len", [1, 100, 511, 512, 513, 2048, 8192, 32_768])
+def test_kv_cache_bytes_equal_allocated_cache(context_len: int) -> None:
+    cfg = g3.get_config("270m")
+    for dtype, bytes_per_value in [(torch.bfloat16, 2), (torch.float32, 4)]:
+        for sliding in (True, False):
+            if not sliding and dtype == torch.float32 and context_len > 8192:
+                continue  # 1.2 GB of zeros that teach nothing new
+            cache = g3.KVCache(cfg, 1, context_len, dtype, "cpu", sliding=sliding)
+            assert cache.nbytes == g3.kv_cache_bytes(cfg, context_len, bytes_per_value, sliding=sliding)
+            del cache
+
+
+def test_kv_cache_bytes_equal_allocated_cache_batched_tiny() -> None:
+    cfg = g3.get_config("tiny")  # 2 kv heads x 16 dims, window 8, layers 0-4 and 6-7 local
+    cache = g3.KVCache(cfg, 3, 20, torch.float32, "cpu")
+    assert cache.nbytes == g3.kv_cache_bytes(cfg, 20, bytes_per_value=4, batch_size=3) == 3 * (20 + 7 * 8) * 2 * 2 * 16 * 4
