@@ -136,15 +136,22 @@ def plot_rope_wavelengths(inv_freqs: dict[str, torch.Tensor], context_lengths: S
     return fig
 
 
-def plot_rope_angles(positions: torch.Tensor, inv_freqs: dict[str, torch.Tensor], pair: int) -> Figure:
-    """Angle of channel pair `pair` (mod 2*pi) against position, one curve per table."""
+def plot_rope_angles(positions: torch.Tensor, inv_freqs: dict[str, torch.Tensor], pair: int,
+                     trained_len: Optional[int] = None) -> Figure:
+    """Angle position * inv_freq[pair] (radians, not wrapped) against position, one line per table.
+
+    With `trained_len`, a dotted line marks the largest angle the first table reaches within it.
+    """
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     for label, inv_freq in inv_freqs.items():
-        ax.plot(positions.numpy(), torch.remainder(positions.double() * inv_freq[pair].double(), 2 * math.pi).numpy(),
-                label=label, linewidth=1)
+        ax.plot(positions.numpy(), (positions.double() * inv_freq[pair].double()).numpy(), label=label)
+    if trained_len is not None:
+        top = trained_len * float(next(iter(inv_freqs.values()))[pair])
+        ax.axhline(top, color="gray", linestyle=":")
+        ax.text(float(positions[0]), top * 1.04, f"largest angle within {trained_len:,} positions", color="gray", fontsize=8)
     ax.set_xlabel("position")
-    ax.set_ylabel(f"angle of pair {pair} (rad, mod 2pi)")
-    ax.legend(frameon=False, loc="upper right")
+    ax.set_ylabel(f"angle of pair {pair} (rad)")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(0, 0.9))
     fig.tight_layout()
     return fig
 
