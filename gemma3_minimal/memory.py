@@ -108,14 +108,22 @@ def weight_bytes(cfg: ConfigLike, weight_format: str = "bf16") -> int:
     return math.ceil(count_parameters(cfg) * WEIGHT_FORMAT_BITS[weight_format] / 8)
 
 
+def _check_context_len(cfg: Gemma3Config, context_len: int) -> None:
+    if not isinstance(context_len, int) or context_len <= 0:
+        raise ValueError(f"context_len must be a positive int, got {context_len!r}")
+    if context_len > cfg.max_position_embeddings:
+        raise ValueError(
+            f"context_len {context_len} exceeds the context of {cfg.name} ({cfg.max_position_embeddings} positions)"
+        )
+
+
 def kv_cache_slots(cfg: ConfigLike, context_len: int, sliding: bool = True) -> list[int]:
     """Positions each layer's cache holds: global layers `context_len`, local `min(window, context_len)`.
 
     sliding=False gives every layer a full cache, as a model with global attention only would need.
     """
     cfg = _as_config(cfg)
-    if not isinstance(context_len, int) or context_len <= 0:
-        raise ValueError(f"context_len must be a positive int, got {context_len!r}")
+    _check_context_len(cfg, context_len)
     local = min(cfg.sliding_window, context_len)
     return [context_len if (t == GLOBAL or not sliding) else local for t in cfg.layer_types]
 
@@ -141,8 +149,7 @@ def kv_cache_bytes(
     """
     cfg = _as_config(cfg)
     if sliding_window is not None:
-        if not isinstance(context_len, int) or context_len <= 0:
-            raise ValueError(f"context_len must be a positive int, got {context_len!r}")
+        _check_context_len(cfg, context_len)
         if sliding_window > context_len:
             raise ValueError(f"sliding_window {sliding_window} is larger than context_len {context_len}")
         cfg = cfg.replace(sliding_window=sliding_window)

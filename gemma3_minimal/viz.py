@@ -195,36 +195,47 @@ def plot_memory_bars(labels: Sequence[str], weight_bytes: Sequence[float], kv_by
     return fig
 
 
-def plot_kv_vs_context(context_lens: Sequence[int], series: dict[str, Sequence[float]], title: str = "",
-                       unit: float = 1e9, unit_name: str = "GB", ax: Optional[plt.Axes] = None) -> Figure:
-    """KV-cache size against context length, one line per layout; solid for 5:1, dashed for global only."""
-    fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.6))
-    ax = ax or fig.add_subplot()
-    for label, values in series.items():
-        ax.plot(context_lens, [v / unit for v in values], label=label, linestyle="--" if "global" in label else "-",
-                marker=".")
+def plot_kv_vs_context(context_lens: Sequence[int], series: dict[str, dict[str, Sequence[float]]],
+                       title: str = "", unit: float = 2**30, unit_name: str = "GiB") -> Figure:
+    """KV-cache size against context length, log-log: one color per model, one line style per layout.
+
+    series: {model: {layout: bytes per context length}}; a layout's list may stop early (shorter context).
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = ["-", "--", ":", "-."]
+    for color, (model, layouts) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], series.items()):
+        for style, (layout, values) in zip(styles, layouts.items()):
+            ax.plot(context_lens[: len(values)], [v / unit for v in values], style, color=color, marker=".",
+                    label=f"{model}, {layout}")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xticks(list(context_lens))
     ax.set_xticklabels([f"{n // 1024}K" for n in context_lens], fontsize=8)
     ax.set_xlabel("context length")
     ax.set_ylabel(f"KV cache ({unit_name})")
     ax.set_title(title, fontsize=10)
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
 def memory_explorer(preset: str, context_len: int, local_per_global: int = 5, window: int = 1024,
                     bytes_per_value: float = 2) -> Figure:
-    """bf16 weights plus KV cache of `preset` at `context_len`: global only against local:global with `window`."""
+    """bf16 weights plus KV cache of `preset` at `context_len`: global only against local:global with `window`.
+
+    A context past the preset's longest (32K for 270M and 1B) is drawn at that longest context.
+    """
     from .config import get_config
     from .memory import kv_cache_bytes, weight_bytes
 
     cfg = get_config(preset).replace(sliding_window=window, sliding_window_pattern=local_per_global + 1)
+    capped = context_len > cfg.max_position_embeddings
+    context_len = min(context_len, cfg.max_position_embeddings)
     weights = weight_bytes(cfg, "bf16")
     layouts = {
         "global only": kv_cache_bytes(cfg, context_len, bytes_per_value, sliding=False),
         f"{local_per_global}:1, window {window}": kv_cache_bytes(cfg, context_len, bytes_per_value),
     }
     return plot_memory_bars(list(layouts), [weights] * 2, list(layouts.values()),
-                            title=f"{preset}, {context_len:,} tokens, {bytes_per_value} bytes per value")
+                            title=f"{preset}, {context_len:,} tokens{' (its longest context)' if capped else ''}, "
+                                  f"{bytes_per_value} bytes per value")

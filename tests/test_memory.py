@@ -102,6 +102,7 @@ def test_kv_cache_bytes_by_hand() -> None:
         (lambda: g3.kv_cache_bytes("270m", -5), "context_len must be a positive int"),
         (lambda: g3.kv_cache_bytes("270m", 2.5), "context_len must be a positive int"),
         (lambda: g3.kv_cache_bytes("270m", 256, sliding_window=512), "larger than context_len 256"),
+        (lambda: g3.kv_cache_bytes("1b", 65_536), "exceeds the context of 1b \\(32768 positions\\)"),
         (lambda: g3.kv_cache_bytes("270m", 0, sliding_window=512), "context_len must be a positive int"),
         (lambda: g3.kv_cache_bytes("270m", 1024, bytes_per_value=0), "bytes_per_value must be positive"),
         (lambda: g3.kv_cache_bytes("270m", 1024, batch_size=0), "batch_size must be a positive int"),
