@@ -192,11 +192,10 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
             params[name].copy_(tensor)
 
 
-def load_pretrained(name: str = "270m", dtype: torch.dtype = torch.float32, device="cpu"):
-    """The real Gemma 3 270M and its tokenizer, in eval mode: `model, tok = load_pretrained("270m")`."""
+def load_model(name: str = "270m", dtype: torch.dtype = torch.float32, device="cpu"):
+    """The real Gemma 3 270M as a Gemma3ForCausalLM in eval mode (no tokenizer)."""
     from .config import get_config
     from .model import Gemma3ForCausalLM
-    from .tokenizer import Gemma3Tokenizer
 
     cfg = get_config(name)
     if cfg.name != "270m":
@@ -209,4 +208,11 @@ def load_pretrained(name: str = "270m", dtype: torch.dtype = torch.float32, devi
     model = model.to_empty(device="cpu")  # no random init: every parameter is overwritten below
     model.lm_head.weight = model.model.embed_tokens.weight
     load_state_dict_checked(model, state)
-    return model.to(device=device, dtype=dtype).eval(), Gemma3Tokenizer.from_pretrained()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_pretrained(name: str = "270m", dtype: torch.dtype = torch.float32, device="cpu"):
+    """The real Gemma 3 270M and its tokenizer: `model, tok = load_pretrained("270m")`."""
+    from .tokenizer import Gemma3Tokenizer
+
+    return load_model(name, dtype, device), Gemma3Tokenizer.from_pretrained()

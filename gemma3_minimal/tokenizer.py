@@ -1,0 +1,293 @@
+"""Gemma 3's tokenizer: a SentencePiece BPE model with 262,144 pieces, rebuilt from the GGUF file.
+
+The GGUF stores every piece with its score and type. We write them into a SentencePiece
+`ModelProto` with Gemma's settings (BPE, byte fallback, digits split one by one, whitespace kept
+as it is, no dummy prefix), cache the `.model` file and let `sentencepiece` encode. Three details
+make the ids equal to transformers' tokenizer loaded from the same file:
+
+- the GGUF writes the whitespace-run pieces with plain spaces; SentencePiece expects `▁` (U+2581),
+  and they merge like ordinary pieces;
+- merges follow the order of the pieces in the file, not the scores stored there;
+- SentencePiece never reads a control piece (`<start_of_turn>`, `<bos>`, ...) out of text, so
+  `encode` splits them out first and maps each to its single id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from .weights import cache_dir, expected_sha256, gguf_path
+
+# GGUF token types (llama.cpp) -> SentencePiece piece types; both number them the same way.
+_NORMAL, _UNKNOWN, _USER_DEFINED = 1, 2, 4
+# Every control piece looks like `<name>`: one cheap regex finds candidates, a dict confirms them.
+_CONTROL_CANDIDATE = re.compile(r"<[^<>]+>")
+_SPACE = "\u2581"  # SentencePiece's visible space
+_BUILD_VERSION = 1  # part of the cached file's name: bump it whenever build_model_proto changes
+
+
+def build_model_proto(gguf_file: str | Path) -> bytes:
+    """Serialize a SentencePiece `ModelProto` holding the GGUF's vocabulary.
+
+    Example: `spm.SentencePieceProcessor(model_proto=build_model_proto(gguf_path()))`.
+    """
+    import gguf
+
+    fields = gguf.GGUFReader(gguf_file).fields
+    pieces = fields["tokenizer.ggml.tokens"]
+    types = fields["tokenizer.ggml.token_type"]
+    unk_id = int(fields["tokenizer.ggml.unknown_token_id"].contents())
+
+    proto = sp_pb2.ModelProto()
+    for i, (p, t) in enumerate(zip(pieces.data, types.data)):
+        piece = proto.pieces.add()
+        text = bytes(pieces.parts[p]).decode("utf-8")
+        kind = int(types.parts[t][0])
+        if kind == _USER_DEFINED and set(text) == {" "}:
+            # A run of spaces: SentencePiece spells it with `▁` and must merge it like any piece
+            # (as a user-defined piece it would be matched whole, greedily, and ids would differ).
+            text, kind = text.replace(" ", _SPACE), _NORMAL
+        piece.piece = text
+        # BPE merges the adjacent pair whose result scores highest. Gemma's merge order is the
+        # order of the file, not its stored scores (transformers' converter found the same).
+        piece.score = -i
+        # SentencePiece needs exactly one UNKNOWN piece; the GGUF marks `<unk>` as control.
+        piece.type = _UNKNOWN if i == unk_id else kind
+
+    trainer = proto.trainer_spec
+    trainer.model_type = sp_pb2.TrainerSpec.BPE
+    trainer.vocab_size = len(proto.pieces)
+    trainer.byte_fallback = True
+    trainer.split_digits = True
+    trainer.allow_whitespace_only_pieces = True
+    trainer.pad_id = int(fields["tokenizer.ggml.padding_token_id"].contents())
+    trainer.eos_id = int(fields["tokenizer.ggml.eos_token_id"].contents())
+    trainer.bos_id = int(fields["tokenizer.ggml.bos_token_id"].contents())
+    trainer.unk_id = unk_id
+    for name in ("pad", "eos", "bos", "unk"):
+        setattr(trainer, f"{name}_piece", proto.pieces[getattr(trainer, f"{name}_id")].piece)
+    # Gemma keeps text as written: no normalization, no leading space, whitespace not folded.
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def model_file() -> Path:
+    """The cached `.model` file, built once from the verified GGUF (its name carries the GGUF's sha256)."""
+    target = cache_dir() / f"gemma3_tokenizer_{expected_sha256()[:16]}_v{_BUILD_VERSION}.model"
+    if not target.exists():
+        data = build_model_proto(gguf_path())
+        # Write beside the target, then rename: a racing process never reads half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".model.tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    return target
+
+
+class Gemma3Tokenizer:
+    """Text <-> token ids with Gemma 3's vocabulary; control pieces written in text become one id.
+
+    Example: `Gemma3Tokenizer.from_pretrained().encode("Hello world")` -> `[9259, 1902]`.
+    """
+
+    def __init__(self, model: str | Path):
+        self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        n = self.sp.get_piece_size()
+        self.special_ids = {i: self.sp.id_to_piece(i) for i in range(n) if self.sp.is_control(i)}
+        self.special_ids[self.sp.unk_id()] = self.sp.id_to_piece(self.sp.unk_id())
+        self._special_by_piece = {p: i for i, p in self.special_ids.items()}
+        odd = [p for p in self._special_by_piece if not _CONTROL_CANDIDATE.fullmatch(p)]
+        if odd:
+            raise ValueError(f"control pieces must be written <name> so encode can find them in text: {odd}")
+
+    @classmethod
+    def from_pretrained(cls) -> Gemma3Tokenizer:
+        """The real Gemma 3 tokenizer, from the 270M GGUF; no network.
+
+        Example: `tok = Gemma3Tokenizer.from_pretrained()`.
+        """
+        return cls(model_file())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self.sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self.sp.eos_id()
+
+    @property
+    def pad_id(self) -> int:
+        return self.sp.pad_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self.sp.unk_id()
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id, `▁` for a space. Example: `id_to_piece(9259)` -> `'Hello'`."""
+        return self.sp.id_to_piece(self._check_id(token_id))
+
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a vocabulary entry. Example: `piece_to_id('<start_of_turn>')` -> `105`."""
+        token_id = self.sp.piece_to_id(piece)
+        if token_id == self.unk_id and piece != self.sp.id_to_piece(self.unk_id):
+            raise KeyError(f"{piece!r} is not in the vocabulary")
+        return token_id
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        """Token ids of `text`. Example: `encode("<bos>Hi")` -> `[2, 10979]`."""
+        if not isinstance(text, str):
+            hint = "; decode bytes to str first" if isinstance(text, (bytes, bytearray)) else ""
+            raise TypeError(f"encode expects a str, got {type(text).__name__}: {text!r:.80}{hint}")
+        ids = [self.bos_id] if add_bos else []
+        start = 0
+        if "<" in text:
+            for m in _CONTROL_CANDIDATE.finditer(text):
+                special = self._special_by_piece.get(m.group())
+                if special is not None:
+                    ids += self.sp.encode(text[start : m.start()]) if m.start() > start else []
+                    ids.append(special)
+                    start = m.end()
+        if start < len(text):
+            ids += self.sp.encode(text[start:])
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of token ids; control pieces are written out unless skipped.
+
+        Example: `decode([2, 10979])` -> `'<bos>Hi'`; with `skip_special_tokens=True` -> `'Hi'`.
+        """
+        parts: list[str] = []
+        run: list[int] = []
+        for token_id in ids:
+            token_id = self._check_id(token_id)
+            if token_id in self.special_ids:
+                parts.append(self.sp.decode(run))
+                run = []
+                if not skip_special_tokens:
+                    parts.append(self.special_ids[token_id])
+            else:
+                run.append(token_id)
+        parts.append(self.sp.decode(run))
+        return "".join(parts)
+
+    def apply_chat_template(
+        self, messages: Sequence[dict], add_generation_prompt: bool = True, tokenize: bool = True
+    ) -> list[int] | str:
+        """Gemma 3's chat format as ids (or text with `tokenize=False`).
+
+        `<bos><start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n...`:
+        a system message is folded into the first user turn, `assistant` is written `model`, and
+        each turn's text is stripped, exactly as the template shipped with Gemma 3's instruction
+        models. Example: `apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)`.
+        """
+        text = render_chat(messages, add_generation_prompt)
+        return self.encode(text) if tokenize else text
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def _check_id(self, token_id: int) -> int:
+        token_id = int(token_id)
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        return token_id
+
+
+def _content_text(content: str | Sequence[dict]) -> str:
+    """A turn's text: a string, or a list of `{"type": "text"|"image", ...}` items."""
+    if isinstance(content, str):
+        return content.strip()
+    parts = []
+    for item in content:
+        if item["type"] == "image":
+            parts.append("<start_of_image>")
+        elif item["type"] == "text":
+            parts.append(item["text"].strip())
+    return "".join(parts)
+
+
+def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """Gemma 3's chat template as plain Python. Example: `render_chat([{"role": "user", "content": "Hi"}])`
+    -> `'<bos><start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n'`.
+    """
+    prefix = ""
+    if messages and messages[0]["role"] == "system":
+        system = messages[0]["content"]
+        prefix = (system if isinstance(system, str) else system[0]["text"]) + "\n\n"
+        messages = messages[1:]
+    out = ["<bos>"]
+    for i, message in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise ValueError(
+                f"message {i} has role {message['role']!r}; after an optional system message, "
+                "roles must alternate user/assistant/user/..."
+            )
+        role = "model" if message["role"] == "assistant" else "user"
+        out.append(f"<start_of_turn>{role}\n{prefix if i == 0 else ''}")
+        out.append(f"{_content_text(message['content'])}<end_of_turn>\n")
+    if add_generation_prompt:
+        out.append("<start_of_turn>model\n")
+    return "".join(out)
+
+
+def train_tokenizer(
+    files: Sequence[str | Path],
+    vocab_size: int,
+    model_prefix: str | Path | None = None,
+    control_symbols: Sequence[str] = ("<mask>", "<start_of_turn>", "<end_of_turn>"),
+    **options,
+) -> Gemma3Tokenizer:
+    """Train a small SentencePiece BPE tokenizer with Gemma's trainer settings.
+
+    Gemma's choices: BPE, digits split one by one, byte fallback (no `<unk>` ever), whitespace kept
+    (no dummy prefix, runs not folded, whitespace-only pieces allowed), identity normalization,
+    ids pad 0 / eos 1 / bos 2 / unk 3, then `control_symbols`. `model_prefix` keeps the `.model` and
+    `.vocab` files (default: a temporary folder); `options` override any `SentencePieceTrainer` setting.
+    Example: `train_tokenizer(["data/corpus.txt"], vocab_size=1000).encode("hello")`.
+    """
+    settings = dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        split_digits=True,
+        byte_fallback=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        character_coverage=1.0,  # small corpora: every character seen gets a piece
+        max_sentence_length=1 << 16,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        control_symbols=list(control_symbols),
+        num_threads=1,  # the same merges on every run
+        minloglevel=2,
+    )
+    settings.update(options)
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(model_prefix) if model_prefix is not None else Path(tmp) / "tokenizer"
+        spm.SentencePieceTrainer.train(input=[str(f) for f in files], model_prefix=str(prefix), **settings)
+        return Gemma3Tokenizer(f"{prefix}.model")
