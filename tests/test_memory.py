@@ -123,11 +123,14 @@ def test_non_config_is_refused() -> None:
 
 @pytest.mark.parametrize("name", list(EXACT))
 def test_count_parameters_matches_our_model_on_meta(name: str) -> None:
-    """Our Gemma3ForCausalLM, built without memory: the text part of every preset (the head is tied)."""
+    """Our models, built without memory: Gemma3ForCausalLM is the text part of every preset (the head
+    is tied); Gemma3ForConditionalGeneration adds the vision tower and projector."""
     cfg = g3.get_config(name)
     with torch.device("meta"):
-        model = g3.Gemma3ForCausalLM(cfg)
-    assert sum(p.numel() for p in model.parameters()) == parameter_breakdown(cfg).text
+        text = g3.Gemma3ForCausalLM(cfg)
+        full = g3.Gemma3ForConditionalGeneration(cfg) if cfg.vision is not None else text
+    assert sum(p.numel() for p in text.parameters()) == parameter_breakdown(cfg).text
+    assert sum(p.numel() for p in full.parameters()) == g3.count_parameters(cfg) == EXACT[name]
 
 
 # The 270M's window is 512: below it, at it, one past it, and far past it (up to the full 32K context).
