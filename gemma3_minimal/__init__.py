@@ -8,6 +8,6 @@ from .masks import attention_mask, causal_mask, image_groups, sliding_window_mas
 from .model import Gemma3ForCausalLM
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .tokenizer import Gemma3Tokenizer, train_tokenizer
-from .weights import load_model, load_pretrained
+from .weights import default_checkpoint, load_model, load_pretrained
 
 __version__ = "0.1.0"
