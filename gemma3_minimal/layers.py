@@ -48,12 +48,21 @@ class GeGLU(nn.Module):
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """[batch, kv_heads, T, D] -> [batch, kv_heads * n_rep, T, D]: each K/V head serves n_rep query heads."""
-    if n_rep == 1:
-        return x
-    b, h, t, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+    """softmax(q k^T * scaling, masked) v with K/V heads shared by groups of query heads.
+
+    q [B, H, Tq, D]; k, v [B, K, Tk, D] with H = K * R; mask [..., Tq, Tk] bool (True: attend).
+    Query head h reads K/V head h // R. Instead of copying K/V R times, the R query heads of a
+    group are stacked as R * Tq rows against their shared K/V head: [B, K, R * Tq, Tk] scores.
+    """
+    B, H, Tq, D = q.shape
+    K = k.shape[1]
+    R = H // K
+    scores = (q.reshape(B, K, R * Tq, D) @ k.transpose(-1, -2)) * scaling  # [B, K, R * Tq, Tk]
+    scores = scores.view(B, K, R, Tq, -1).masked_fill(~mask.view(-1, 1, 1, Tq, mask.shape[-1]), float("-inf"))
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # float32 softmax, as transformers
+    return (weights.view(B, K, R * Tq, -1) @ v).view(B, H, Tq, D)
 
 
 class Attention(nn.Module):
@@ -100,8 +109,6 @@ class Attention(nn.Module):
 
     def attend(self, q, k, v, q_pos, k_pos, q_groups, k_groups) -> torch.Tensor:
         """softmax(q k^T * scaling + mask) v in query chunks; q [B, H, Tq, D], k/v [B, K, Tk, D]."""
-        n_rep = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         Tq, Tk = q.shape[2], k.shape[2]
         # Keys at consecutive positions (a plain forward, a global cache): a query chunk only
         # needs the keys from its window start to its last position, so slice them.
@@ -121,9 +128,5 @@ class Attention(nn.Module):
             qg = None if q_groups is None else q_groups[:, None, start:stop]
             kg = None if k_groups is None else k_groups[:, None, lo:hi]
             mask = attention_mask(q_pos[start:stop], k_pos[lo:hi], self.sliding_window, qg, kg)
-            outs.append(
-                F.scaled_dot_product_attention(
-                    q[:, :, start:stop], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, scale=self.scaling
-                )
-            )
+            outs.append(grouped_attention(q[:, :, start:stop], k[:, :, lo:hi], v[:, :, lo:hi], mask, self.scaling))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

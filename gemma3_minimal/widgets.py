@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import ipywidgets as widgets
+from typing import Optional
 
-from .viz import token_html
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from PIL import Image
+
+from .viz import draw_pan_and_scan, token_html
 
 # --- 01 tokenizer ------------------------------------------------------------------------------
 
@@ -24,3 +28,25 @@ def token_explorer(tok, text: str = "Type here: tokens, 12345, emoji 👩🏾‍
 
     box.observe(redraw, names="value")
     return widgets.VBox([box, count, out])
+
+
+# --- 07 pan and scan -----------------------------------------------------------------------------
+
+
+def pan_and_scan_explorer(image: Optional[Image.Image] = None) -> widgets.interactive:
+    """Sliders for width, height and the crop limit, redrawing `viz.draw_pan_and_scan` on each change.
+
+    Example: `display(pan_and_scan_explorer(photo))`; `image`, if given, is stretched to the size.
+    """
+
+    def show(width: int, height: int, max_num_crops: int) -> None:
+        draw_pan_and_scan(width, height, image=image, max_num_crops=max_num_crops)
+        plt.show()
+
+    slider = dict(min=64, max=4096, step=16, continuous_update=False)
+    return widgets.interactive(
+        show,
+        width=widgets.IntSlider(value=1800, description="width", **slider),
+        height=widgets.IntSlider(value=600, description="height", **slider),
+        max_num_crops=widgets.IntSlider(value=4, min=2, max=8, description="max crops", continuous_update=False),
+    )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gemma3_minimal import get_config
+from gemma3_minimal import Gemma3ForCausalLM, get_config, sample_next
 from hf_reference import random_pair
 
 TINY = get_config("tiny")
@@ -50,3 +50,34 @@ def test_cached_decoding_equals_full_forward(chunk):
             assert sorted(layer.pos.tolist()) == list(range(50 - TINY.sliding_window, 50))
         else:
             assert layer.k.shape[2] == 50 and held == 50
+
+
+# Exact parameter counts (DESIGN.md); for the vision presets this is the text part.
+TEXT_PARAMS = {"270m": 268_098_176, "1b": 999_885_952, "4b": 3_880_099_328}
+
+
+@pytest.mark.parametrize("name", ["270m", "1b", "4b", "12b", "27b"])
+def test_presets_on_the_meta_device_have_the_exact_text_parameter_count(name):
+    cfg = get_config(name)
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(cfg)
+    n = sum(p.numel() for p in model.parameters())  # the tied head is counted once
+    per_layer = (
+        cfg.hidden_size * cfg.head_dim * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+        + 3 * cfg.hidden_size * cfg.intermediate_size + 4 * cfg.hidden_size + 2 * cfg.head_dim
+    )
+    assert n == cfg.vocab_size * cfg.hidden_size + cfg.num_hidden_layers * per_layer + cfg.hidden_size
+    if name in TEXT_PARAMS:
+        assert n == TEXT_PARAMS[name]
+
+
+def test_sampling_is_seeded_and_respects_top_k_and_top_p():
+    logits = torch.tensor([[3.0, 2.9, 1.0, -5.0]])
+    draws = lambda **kw: {int(sample_next(logits, generator=torch.Generator().manual_seed(s), **kw)) for s in range(200)}
+    assert draws(temperature=1.0, top_k=2) == {0, 1}
+    assert draws(temperature=1.0, top_p=0.4) == {0}  # token 0 alone holds 49% of the mass
+    assert draws(temperature=1.0, top_p=0.9) == {0, 1}  # tokens 0 and 1 hold 93%
+    assert len(draws(temperature=5.0)) == 4
+    assert int(sample_next(logits)) == 0  # temperature 0: greedy
+    g = lambda s: torch.Generator().manual_seed(s)
+    assert sample_next(logits.repeat(8, 1), 1.0, generator=g(7)).tolist() == sample_next(logits.repeat(8, 1), 1.0, generator=g(7)).tolist()

@@ -1,0 +1,86 @@
+"""Bad input gets a clear error that says what was wrong (text model, weights, presets)."""
+
+import pytest
+import torch
+
+import gemma3_minimal as g3
+from gemma3_minimal.weights import load_gguf_state_dict, open_gguf, verify_gguf
+
+TINY = g3.get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return g3.Gemma3ForCausalLM(TINY).eval()
+
+
+@pytest.mark.parametrize(
+    "ids, error, words",
+    [
+        (torch.tensor([[1, 2, TINY.vocab_size]]), ValueError, f"token id {TINY.vocab_size} is outside the vocabulary"),
+        (torch.tensor([[1, -1, 2]]), ValueError, "token id -1 is outside the vocabulary"),
+        (torch.zeros((1, 0), dtype=torch.long), ValueError, "input_ids is empty"),
+        (torch.tensor([[1.0, 2.0]]), TypeError, "integer token ids, got dtype torch.float32"),
+        (torch.tensor([1, 2, 3]), ValueError, "must be [batch, seq], got shape (3,)"),
+        ([[1, 2, 3]], TypeError, "must be a torch.Tensor of token ids, got list"),
+        (torch.zeros((1, TINY.max_position_embeddings + 1), dtype=torch.long), ValueError,
+         "longer than the context of tiny (4096)"),
+    ],
+)
+def test_bad_input_ids(tiny_model, ids, error, words):
+    with pytest.raises(error) as info:
+        tiny_model(ids)
+    assert words in str(info.value)
+
+
+def test_cache_overflow_is_refused(tiny_model):
+    cache = tiny_model.new_cache(max_len=4)
+    tiny_model(torch.tensor([[1, 2, 3]]), cache)
+    with pytest.raises(ValueError, match="KV cache full: it was built for 4 positions and 5 were asked for"):
+        tiny_model(torch.tensor([[4, 5]]), cache)
+
+
+def test_generation_past_the_context_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="exceeds the context of 4096 positions"):
+        list(g3.generate_ids(tiny_model, [2] * 4000, max_new_tokens=200))
+
+
+@pytest.mark.parametrize("name", ["2b", "gemma3-270m", "", None])
+def test_unknown_preset(name):
+    with pytest.raises(ValueError, match="unknown preset .* choose one of tiny, 270m, 1b, 4b, 12b, 27b"):
+        g3.get_config(name)
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; call gemma3_minimal.weights.gguf_path"):
+        verify_gguf(tmp_path / "nothing.gguf")
+
+
+def test_corrupt_gguf_file(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(1000))
+    for load in (verify_gguf, open_gguf, load_gguf_state_dict):
+        with pytest.raises(ValueError, match="is corrupt or not the Gemma 3 270M Q4_K_M file"):
+            load(bad)
+
+
+def test_truncated_copy_of_the_real_gguf(tmp_path):
+    real = g3.weights.gguf_path()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(real.read_bytes()[: 10_000_000])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_gguf_state_dict(cut)
+
+
+def test_presets_without_bundled_weights_are_refused():
+    with pytest.raises(ValueError, match="only the 270M ships with this package"):
+        g3.load_model("1b")
+
+
+def test_bad_sampling_settings():
+    logits = torch.randn(1, 10)
+    for kwargs, words in [({"temperature": -1}, "temperature"), ({"temperature": 1, "top_k": 0}, "top_k"),
+                          ({"temperature": 1, "top_p": 1.5}, "top_p")]:
+        with pytest.raises(ValueError, match=words):
+            g3.sample_next(logits, **kwargs)
