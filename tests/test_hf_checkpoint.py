@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemma3_minimal import Gemma3ForCausalLM, get_config, load_pretrained
-from gemma3_minimal.hf_checkpoint import config_from_hf, load_hf_model
+from gemma3_minimal import Gemma3ForCausalLM, Gemma3ForConditionalGeneration, get_config, load_pretrained
+from gemma3_minimal.hf_checkpoint import build_on_meta, config_from_hf, load_hf_model
 from gemma3_minimal.weights import CHECKPOINT_ENV, default_checkpoint, load_model
 from hf_reference import random_pair
 
@@ -109,8 +109,7 @@ def test_default_checkpoint_reads_the_environment(text_folders, monkeypatch):
 
 def count_parameters(cfg) -> int:
     """Distinct parameters of our model built on the meta device (the tied head counted once)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in Gemma3ForCausalLM(cfg).parameters())
+    return sum(p.numel() for p in build_on_meta(cfg).parameters())
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_OF))
@@ -121,8 +120,7 @@ def test_official_config_maps_to_the_preset(name):
     cfg = config_from_hf(json.loads((OFFICIAL / f"{name}.json").read_text()), name=preset.name)
     assert cfg.vocab_size == (262_144 if preset.vision is None else 262_208)
     assert cfg.replace(vocab_size=262_144) == preset
-    if preset.vision is None:
-        assert count_parameters(cfg) == PARAMETERS[preset.name]
+    assert count_parameters(cfg.replace(vocab_size=262_144)) == PARAMETERS[preset.name]
 
 
 def test_official_4b_text_parameter_count():
@@ -231,3 +229,69 @@ def test_layer_types_with_another_period_are_followed(broken):
     types = ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(8)]
     edit_config(broken, layer_types=types)
     assert load_hf_model(broken, progress=False).config.layer_types == types
+
+
+# --- Multimodal checkpoints -----------------------------------------------------------------------
+
+
+def rename_checkpoint(folder: Path, layout: str) -> None:
+    """Rewrite the tensor names of transformers 5's save (`language_model.model.*`, `vision_tower.*`)
+    into another layout that official checkpoints use."""
+    from safetensors.torch import load_file, save_file
+
+    renames = {
+        # the original conversion, as google/gemma-3-4b-it holds it
+        "official": [("vision_tower.", "vision_tower.vision_model.")],
+        # transformers 4.52 to 4.57, which also stored the tied head
+        "transformers-4.52": [("language_model.model.", "model.language_model."),
+                              ("vision_tower.", "model.vision_tower.vision_model."),
+                              ("multi_modal_projector.", "model.multi_modal_projector.")],
+    }[layout]
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    renamed = {}
+    for name, tensor in state.items():
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        renamed[name] = tensor
+    if layout == "transformers-4.52":
+        renamed["lm_head.weight"] = renamed["model.language_model.embed_tokens.weight"].clone()
+    save_file(renamed, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("layout", ["transformers-5", "official", "transformers-4.52"])
+def test_multimodal_checkpoint_logits_equal_transformers(tmp_path, layout):
+    """Tiny text (window 8) + tiny SigLIP (16 tokens per image); two images, text around them."""
+    from transformers import Gemma3ForConditionalGeneration as HFGemma3ForConditionalGeneration
+
+    from test_multimodal import CFG, pixels, prompt_ids, random_pair as random_multimodal_pair
+
+    _, saved = random_multimodal_pair(seed=7)
+    saved.save_pretrained(tmp_path)
+    if layout != "transformers-5":
+        rename_checkpoint(tmp_path, layout)
+    ours = load_hf_model(tmp_path, progress=False)
+    theirs = HFGemma3ForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    assert isinstance(ours, Gemma3ForConditionalGeneration)
+    assert ours.config == CFG.replace(name=tmp_path.name)
+    assert ours.lm_head.weight is ours.model.language_model.embed_tokens.weight
+    ids = torch.tensor([prompt_ids([5, "img", 7, "img", 6], seed=8)])  # [1, 51]
+    pv = pixels(2, seed=9)
+    with torch.no_grad():
+        mine = ours(ids, pixel_values=pv)
+        ref = theirs(input_ids=ids, pixel_values=pv, token_type_ids=(ids == CFG.image_token_id).long()).logits
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(boi_token_index=7), "boi_token_index = 7"),
+    (dict(vision_config={"hidden_size": 32, "vision_use_head": True}), r"\(vision_config\): vision_use_head = True"),
+    (dict(text_config={"final_logit_softcapping": 30.0}), r"\(text_config\): final_logit_softcapping = 30.0"),
+])
+def test_multimodal_configs_gemma3_cannot_have(change, message):
+    d = json.loads((OFFICIAL / "gemma-3-4b-it.json").read_text())
+    with pytest.raises(ValueError, match=message):
+        config_from_hf({**d, **change})
