@@ -244,7 +244,7 @@ def build_on_meta(cfg: Gemma3Config) -> nn.Module:
 def loading_plan(model: nn.Module, tensors: dict[str, tuple[Path, list[int]]]) -> dict[Path, list[tuple[str, str]]]:
     """Shard -> [(our parameter, checkpoint tensor)]; raises unless names and shapes fit exactly."""
     params = dict(model.named_parameters())  # the tied head appears once, as the embedding
-    multimodal = getattr(model.config, "vision", None) is not None
+    multimodal = model.config.vision is not None
     plan, unexpected, seen = defaultdict(list), [], {}
     for theirs, (path, shape) in tensors.items():
         ours = checkpoint_name_to_ours(theirs, multimodal)
@@ -265,10 +265,15 @@ def loading_plan(model: nn.Module, tensors: dict[str, tuple[Path, list[int]]]) -
     missing = sorted(set(params) - set(seen))
     if missing or unexpected:
         raise ValueError(
-            f"the checkpoint does not fit its config: {len(missing)} parameters missing {missing}, "
-            f"{len(unexpected)} tensors unexpected {sorted(unexpected)}"
+            f"the checkpoint does not fit its config: {len(missing)} parameters missing {_first(missing)}, "
+            f"{len(unexpected)} tensors unexpected {_first(sorted(unexpected))}"
         )
     return dict(plan)
+
+
+def _first(names: list[str], n: int = 10) -> str:
+    """At most n names: "['a', 'b'] and 3 more"."""
+    return f"{names[:n]}" + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

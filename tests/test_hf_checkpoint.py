@@ -194,6 +194,16 @@ def test_truncated_shard_names_the_cut_tensor(broken):
         load_hf_model(broken, progress=False)
 
 
+def test_index_pointing_to_the_wrong_shard(broken):
+    path = broken / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    index["weight_map"]["model.norm.weight"] = next(s for s in shards if s != index["weight_map"]["model.norm.weight"])
+    path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"tensor model\.norm\.weight is not in shard .*, although .* puts it there"):
+        load_hf_model(broken, progress=False)
+
+
 def test_tensor_with_wrong_shape(broken):
     edit_config(broken, intermediate_size=96)
     with pytest.raises(ValueError, match=r"tensor model\.layers\.0\.mlp\.down_proj\.weight in .* has shape \(64, 128\), "
