@@ -12,6 +12,6 @@ from .pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .tokenizer import Gemma3Tokenizer, train_tokenizer
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
-from .weights import load_model, load_pretrained
+from .weights import default_checkpoint, load_model, load_pretrained
 
 __version__ = "0.1.0"

@@ -367,3 +367,29 @@ def memory_explorer(preset: str, context_len: int, local_per_global: int = 5, wi
     return plot_memory_bars(list(layouts), [weights] * 2, list(layouts.values()),
                             title=f"{preset}, {context_len:,} tokens{' (its longest context)' if capped else ''}, "
                                   f"{bytes_per_value} bytes per value")
+
+
+# --- 00 overview -------------------------------------------------------------------------------
+
+
+def plot_layer_stack(cfg) -> Figure:
+    """The decoder stack of `cfg` as boxes, bottom to top: local layers light, global layers dark."""
+    n = cfg.num_hidden_layers
+    fig, ax = plt.subplots(figsize=(7, 0.32 * n + 1.6))
+    for i, kind in enumerate(cfg.layer_types):
+        is_global = kind == "full_attention"
+        ax.add_patch(plt.Rectangle((0, i + 1), 4, 0.8, color="#35608d" if is_global else "#b8d8e8"))
+        label = (f"layer {i}: global, RoPE base {cfg.rope_theta:,.0f}" if is_global
+                 else f"layer {i}: local, window {cfg.sliding_window}, RoPE base {cfg.rope_local_base_freq:,.0f}")
+        ax.text(2, i + 1.4, label, ha="center", va="center", fontsize=8, color="white" if is_global else "black")
+    ax.add_patch(plt.Rectangle((0, 0), 4, 0.8, color="#e9c46a"))
+    ax.text(2, 0.4, f"embedding {cfg.vocab_size:,} x {cfg.hidden_size} (x sqrt({cfg.hidden_size}))",
+            ha="center", va="center", fontsize=8)
+    ax.add_patch(plt.Rectangle((0, n + 1), 4, 0.8, color="#e9c46a"))
+    ax.text(2, n + 1.4, "final RMSNorm, tied head -> logits", ha="center", va="center", fontsize=8)
+    ax.set_xlim(-0.2, 4.2)
+    ax.set_ylim(-0.2, n + 2)
+    ax.axis("off")
+    ax.set_title(f"Gemma 3 {cfg.name}: {cfg.num_local_layers} local : {cfg.num_global_layers} global layers")
+    fig.tight_layout()
+    return fig
