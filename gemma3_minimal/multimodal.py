@@ -24,7 +24,7 @@ from .generate import STOP_IDS, generate_ids
 from .kv_cache import KVCache
 from .layers import RMSNorm
 from .masks import image_groups
-from .model import Gemma3ForCausalLM, Gemma3TextModel
+from .model import Gemma3TextModel, check_input_ids
 from .pan_and_scan import pan_and_scan, preprocess
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
 
@@ -103,7 +103,7 @@ class Gemma3ForConditionalGeneration(nn.Module):
             )
         text_ids = input_ids.masked_fill(is_image, cfg.pad_token_id)  # placeholders: never looked up
         offset = 0 if cache is None else cache.length
-        Gemma3ForCausalLM.check_input_ids(self, text_ids, offset)  # the text model's checks read only `config`
+        check_input_ids(cfg, text_ids, offset)
         x = self.model.language_model.embed(text_ids)  # [B, T, hidden], scaled by sqrt(hidden)
         groups = None
         if n_images:
