@@ -44,7 +44,7 @@ EXPLORERS = {
     "02": Explorer("02_attention_masks.ipynb", slider=0),
     "07": Explorer("07_pan_and_scan.ipynb", slider=0),  # width
 }
-EXPLORER = EXPLORERS["07"]  # "02" once notebook 02 is on main
+EXPLORER = EXPLORERS["02"]
 
 
 @pytest.fixture(scope="module")

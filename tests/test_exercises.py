@@ -57,6 +57,7 @@ EXERCISE_TABLE = [
     ("03_rope.ipynb", "apply_rope", ex.check_rope),
     ("04_decoder_block.ipynb", "rms_norm", ex.check_rms_norm),
     ("04_decoder_block.ipynb", "repeat_kv", ex.check_repeat_kv),
+    ("05_kv_cache_and_memory.ipynb", "kv_cache_bytes", ex.check_kv_cache_bytes),
     ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
 ]
@@ -147,6 +148,15 @@ def crop_count_with(n_of, cap=True):
     return crop_count
 
 
+def kv_bytes_with(local_slots, per_slot=lambda cfg: 2 * cfg.num_key_value_heads * cfg.head_dim):
+    def kv_cache_bytes(cfg, context_len, bytes_per_value):
+        slots = [local_slots(cfg, context_len) if kind == "sliding_attention" else context_len
+                 for kind in cfg.layer_types]
+        return sum(slots) * per_slot(cfg) * bytes_per_value
+
+    return kv_cache_bytes
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -168,6 +178,10 @@ WRONG_ANSWERS = [
     (ex.check_pan_and_scan_crop_count, crop_count_with(round), "round_half_even"),
     (ex.check_pan_and_scan_crop_count, crop_count_with(int), "floor"),
     (ex.check_pan_and_scan_crop_count, crop_count_with(lambda r: math.floor(r + 0.5), cap=False), "no_cap"),
+    (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: n), "no_ring_buffer"),
+    (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: cfg.sliding_window), "window_not_capped"),
+    (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: min(cfg.sliding_window, n),
+                                            lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
 ]
 
 
