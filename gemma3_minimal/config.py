@@ -112,6 +112,14 @@ class Gemma3Config:
         return replace(self, **changes)
 
 
+# A small SigLIP for fast tests: 64 px, patch 4 -> 16x16 = 256 patches, pooled 4x4 -> 16 tokens,
+# the same 4x4 pooling kernel as the real tower (64x64 -> 16x16).
+TINY_VISION = VisionConfig(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+    image_size=64, patch_size=4, mm_tokens_per_image=16,
+)
+
+
 _128K = dict(rope_scaling_factor=8.0, max_position_embeddings=131_072)
 
 PRESETS: dict[str, Gemma3Config] = {

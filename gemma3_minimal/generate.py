@@ -48,8 +48,11 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
 @torch.no_grad()
 def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_ids: Sequence[int] = STOP_IDS) -> Iterator[int]:
-    """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`."""
+                 stop_ids: Sequence[int] = STOP_IDS, **prefill_inputs) -> Iterator[int]:
+    """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`.
+
+    `prefill_inputs` go to the prompt's forward pass only (e.g. `pixel_values` for the images).
+    """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = next(model.parameters()).device
@@ -64,7 +67,7 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     cache = model.new_cache(max_len=max_len)
-    logits = model(ids, cache, last_only=True)[:, -1]  # [1, vocab]
+    logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
     for _ in range(max_new_tokens):
         next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]
         token = int(next_id)

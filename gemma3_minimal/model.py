@@ -21,6 +21,31 @@ from .layers import Attention, GeGLU, RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
+def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor, offset: int = 0) -> None:
+    """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use .long()")
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}; for one sequence use ids[None]"
+        )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
+    end = offset + input_ids.shape[1]
+    if end > cfg.max_position_embeddings:
+        raise ValueError(
+            f"sequence of {end} positions is longer than the context of {cfg.name} "
+            f"({cfg.max_position_embeddings}); shorten the input"
+        )
+    if not input_ids.is_meta:
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
+
+
 class DecoderLayer(nn.Module):
     """One block: attention and MLP, each wrapped in an RMSNorm before and after (Gemma 3 report, 2.1)."""
 
@@ -95,31 +120,6 @@ class Gemma3ForCausalLM(nn.Module):
         w = self.model.embed_tokens.weight
         return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
 
-    def check_input_ids(self, input_ids: torch.Tensor, offset: int = 0) -> None:
-        """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
-        cfg = self.config
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use .long()")
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}; for one sequence use ids[None]"
-            )
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
-        end = offset + input_ids.shape[1]
-        if end > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {end} positions is longer than the context of {cfg.name} "
-                f"({cfg.max_position_embeddings}); shorten the input"
-            )
-        if not input_ids.is_meta:
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= cfg.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
-
     def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
                 inputs_embeds: Optional[torch.Tensor] = None, groups: Optional[torch.Tensor] = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -132,7 +132,7 @@ class Gemma3ForCausalLM(nn.Module):
         """
         offset = 0 if cache is None else cache.length
         if inputs_embeds is None:
-            self.check_input_ids(input_ids, offset)
+            check_input_ids(self.config, input_ids, offset)
             inputs_embeds = self.model.embed(input_ids)
         T = inputs_embeds.shape[1]
         if offset + T > self.config.max_position_embeddings:

