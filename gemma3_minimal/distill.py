@@ -434,6 +434,8 @@ def distill(
         raise ValueError("the teacher store was built on other data (its data_sha256 does not match)")
     if num_samples is not None:
         _check_num_samples(num_samples)
+    if eval_data is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     generator = torch.Generator().manual_seed(seed)
     # fused: one pass over the parameters, about 10x faster on CPU for a 262,144-row embedding
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, fused=True)
