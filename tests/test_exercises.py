@@ -60,6 +60,7 @@ EXERCISE_TABLE = [
     ("05_kv_cache_and_memory.ipynb", "kv_cache_bytes", ex.check_kv_cache_bytes),
     ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
+    ("08_distillation.ipynb", "sampled_target", ex.check_sampled_target),
 ]
 
 
@@ -157,6 +158,22 @@ def kv_bytes_with(local_slots, per_slot=lambda cfg: 2 * cfg.num_key_value_heads 
     return kv_cache_bytes
 
 
+def draws(logits, k, seed):
+    probs = torch.softmax(logits.float(), -1)
+    return probs, torch.multinomial(probs, k, replacement=True, generator=torch.Generator().manual_seed(seed))
+
+
+def target_teacher_probs(logits, k, seed):
+    probs, drawn = draws(logits, k, seed)
+    kept = torch.zeros_like(probs).scatter(-1, drawn, 1.0) * probs
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def target_counts(logits, k, seed):
+    probs, drawn = draws(logits, k, seed)
+    return torch.nn.functional.one_hot(drawn, probs.shape[-1]).sum(1).float()
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -182,6 +199,8 @@ WRONG_ANSWERS = [
     (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: cfg.sliding_window), "window_not_capped"),
     (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: min(cfg.sliding_window, n),
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
+    (ex.check_sampled_target, target_teacher_probs, "teacher_probs_renormalized"),
+    (ex.check_sampled_target, target_counts, "counts_not_normalized"),
 ]
 
 
@@ -258,6 +277,11 @@ def test_a_result_shows_nothing_more_in_a_notebook():
 
 def solution_notebooks() -> list[Path]:
     return sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_every_core_notebook_has_exercises():
+    assert [p.name[:2] for p in solution_notebooks()] == [f"{n:02d}" for n in range(1, 9)]
+    assert {notebook for notebook, _, _ in EXERCISE_TABLE} == {p.name for p in solution_notebooks()}
 
 
 def test_learner_notebooks_are_generated_and_up_to_date():
