@@ -277,8 +277,13 @@ def _first(names: list[str], n: int = 10) -> str:
 
 
 def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` in as parameter `name`, in the memory layout the model built it with."""
     module_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(module_name), leaf, nn.Parameter(tensor))
+    module = model.get_submodule(module_name)
+    built = getattr(module, leaf)
+    if built.stride() != tensor.stride():  # e.g. layers.Linear keeps its weight column-major
+        tensor = torch.empty_strided(built.shape, built.stride(), dtype=tensor.dtype, device=tensor.device).copy_(tensor)
+    setattr(module, leaf, nn.Parameter(tensor))
 
 
 def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",

@@ -20,6 +20,41 @@ from .rope import apply_rope
 # [heads, 1024, keys] instead of materializing a [seq, seq] matrix for long inputs.
 QUERY_CHUNK = 1024
 
+# A decode step multiplies every weight matrix by one vector, so its speed is memory reads.
+# PyTorch's CPU matrix-vector product reads a row-major [out, in] matrix at about 16 GB/s here;
+# stored as [in, out] and cut into column blocks that one `bmm` runs in parallel, it reads at
+# 30-50 GB/s (benchmarks/RESULTS.md). The values and shapes stay nn.Linear's.
+MATVEC_BLOCKS = 4
+MATVEC_MAX_ROWS = 4  # inputs with more rows (prefill, training) use the ordinary F.linear
+
+
+def blocked_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., in] @ weight.T for a weight [out, in] stored as the transpose of an [in, out] matrix.
+
+    The [in, out] storage is viewed, without a copy, as MATVEC_BLOCKS column blocks [P, in, out/P].
+    """
+    out_features, in_features = weight.shape
+    P = MATVEC_BLOCKS
+    blocks = weight.t().view(in_features, P, out_features // P).permute(1, 0, 2)  # [P, in, out/P]
+    rows = x.reshape(1, -1, in_features).expand(P, -1, in_features)  # [P, rows, in]
+    y = torch.bmm(rows, blocks)  # [P, rows, out/P]
+    return y.permute(1, 0, 2).reshape(*x.shape[:-1], out_features)
+
+
+class Linear(nn.Linear):
+    """A bias-free nn.Linear whose weight [out, in] is stored column-major, for fast decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())  # same values, [in, out] storage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and w.stride(0) == 1
+                and w.shape[0] % MATVEC_BLOCKS == 0 and x.dtype == w.dtype):
+            return blocked_matvec(x, w)
+        return F.linear(x, w)
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * (1 + w), computed in float32; w starts at 0, so the scale starts at 1."""
@@ -40,9 +75,9 @@ class GeGLU(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = Linear(hidden_size, intermediate_size)
+        self.up_proj = Linear(hidden_size, intermediate_size)
+        self.down_proj = Linear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
@@ -78,10 +113,10 @@ class Attention(nn.Module):
         self.is_sliding = cfg.layer_types[layer_idx] == "sliding_attention"
         self.sliding_window = cfg.sliding_window if self.is_sliding else None
         H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, K * D, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, K * D, bias=False)
-        self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, H * D)
+        self.k_proj = Linear(cfg.hidden_size, K * D)
+        self.v_proj = Linear(cfg.hidden_size, K * D)
+        self.o_proj = Linear(H * D, cfg.hidden_size)
         self.q_norm = RMSNorm(D, cfg.rms_norm_eps)  # QK-norm replaces Gemma 2's soft-capping
         self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .config import Gemma3Config
 from .kv_cache import KVCache
-from .layers import Attention, GeGLU, RMSNorm
+from .layers import Attention, GeGLU, Linear, RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
@@ -101,8 +101,8 @@ class Gemma3ForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Gemma3TextModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.model.embed_tokens.weight  # tied: the head reads the embedding table
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        self.model.embed_tokens.weight = self.lm_head.weight  # tied: one table for lookup and head
         if not self.lm_head.weight.is_meta:
             self.reset_parameters()
 

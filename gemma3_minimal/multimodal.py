@@ -22,7 +22,7 @@ from PIL import Image
 from .config import Gemma3Config
 from .generate import STOP_IDS, generate_ids
 from .kv_cache import KVCache
-from .layers import RMSNorm
+from .layers import Linear, RMSNorm
 from .masks import image_groups
 from .model import Gemma3TextModel, check_input_ids
 from .pan_and_scan import pan_and_scan, preprocess
@@ -50,8 +50,8 @@ class Gemma3ForConditionalGeneration(nn.Module):
             raise ValueError(f"config {cfg.name!r} has no vision tower; use Gemma3ForCausalLM or a 4b/12b/27b config")
         self.config = cfg
         self.model = Gemma3Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.model.language_model.embed_tokens.weight  # tied
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
+        self.model.language_model.embed_tokens.weight = self.lm_head.weight  # tied
         if not self.lm_head.weight.is_meta:
             self.reset_parameters()
 
