@@ -30,7 +30,7 @@ def read_bandwidth(n_bytes: int = 1 << 30, runs: int = 7) -> float:
     from gemma3_minimal.layers import blocked_matvec
 
     x = torch.ones(n_bytes // 4)
-    matrix = x.view(-1, 1024).t()  # a [out, 1024] weight stored as [1024, out]
+    matrix = x.view(1024, -1).t()  # an [out, 1024] weight stored as [1024, out]
     v = torch.ones(1, 1024)
     seconds = min(median_time(lambda: x.sum(), runs=runs, warmup=2),
                   median_time(lambda: blocked_matvec(v, matrix), runs=runs, warmup=2))
