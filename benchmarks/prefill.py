@@ -2,8 +2,8 @@
 
     python benchmarks/prefill.py [--lengths 512,2048,8192] [--runs 3]
 
-Each (library, length) runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
-is its own; the figure printed is the peak minus the process's resident memory after loading.
+Each (library, length) runs in a fresh subprocess; after the model is loaded its peak-RSS counter
+(VmHWM) is reset, so the figure printed is what the prefill adds above the loaded model.
 Both libraries keep only the last position's logits (a [8192, 262144] float32 logit matrix alone
 would be 8.6 GB). gemma3_minimal attends in query chunks of 1024, so no [seq, seq] score matrix
 is ever materialized; local layers also only look at keys inside their window.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -24,9 +23,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import median_time  # noqa: E402
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak() -> None:
+    """Restart the peak-RSS counter (VmHWM) from the current RSS, so loading the weights does not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def worker(library: str, length: int, runs: int) -> dict:
@@ -42,10 +49,11 @@ def worker(library: str, length: int, runs: int) -> dict:
         path = g3.weights.gguf_path()
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
         step = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
-    base = rss_mb()
+    base = status_mb("VmRSS")
+    reset_peak()
     with torch.no_grad():
         seconds = median_time(step, runs=runs, warmup=0 if length > 4096 else 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
     return {"tokens_per_s": length / seconds, "peak_over_loaded_mb": peak - base, "loaded_mb": base}
 
 

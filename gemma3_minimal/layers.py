@@ -51,9 +51,25 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and w.stride(0) == 1
-                and w.shape[0] % MATVEC_BLOCKS == 0 and x.dtype == w.dtype):
+                and w.shape[0] % MATVEC_BLOCKS == 0 and x.dtype == w.dtype == torch.float32):
             return blocked_matvec(x, w)
         return F.linear(x, w)
+
+
+def set_weight_layout(model: nn.Module) -> nn.Module:
+    """Store each Linear weight in the layout its dtype reads fastest, in place; returns the model.
+
+    float32: column-major, for `blocked_matvec`. Other dtypes: row-major, since PyTorch's bfloat16
+    matrix-vector product is fastest on [out, in] rows (26 ms for the 270M head, against 55 ms
+    column-major and 227 ms blocked). Values and shapes never change; a tied weight moves once.
+    """
+    for module in model.modules():
+        if isinstance(module, Linear):
+            w = module.weight
+            column_major = w.dtype == torch.float32
+            if (w.stride(0) == 1) != column_major:
+                w.data = w.data.t().contiguous().t() if column_major else w.data.contiguous()
+    return model
 
 
 class RMSNorm(nn.Module):

@@ -239,9 +239,11 @@ def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = to
     `None` means `default_checkpoint()`. A folder gives Gemma3ForCausalLM (text-only checkpoints) or
     Gemma3ForConditionalGeneration (4B, 12B, 27B with the vision tower); see `hf_checkpoint`.
     """
+    from .layers import set_weight_layout
+
     source = default_checkpoint() if path_or_preset is None else path_or_preset
     if _is_preset(source):
-        return _load_bundled(source).to(device=device, dtype=dtype).eval()
+        return set_weight_layout(_load_bundled(source).to(device=device, dtype=dtype).eval())
     if not Path(source).is_dir():
         from .config import PRESETS
 
@@ -250,7 +252,7 @@ def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = to
         )
     from .hf_checkpoint import load_hf_model
 
-    return load_hf_model(source, dtype=dtype, device=device)
+    return set_weight_layout(load_hf_model(source, dtype=dtype, device=device))
 
 
 def load_pretrained(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu"):
