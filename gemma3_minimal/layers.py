@@ -17,8 +17,8 @@ from .masks import attention_mask
 from .rope import apply_rope
 
 # Queries per attention call when no cache bounds the keys: keeps every score block at
-# [heads, 1024, keys] instead of materializing a [seq, seq] matrix for long inputs.
-QUERY_CHUNK = 1024
+# [heads, 512, keys] instead of materializing a [seq, seq] matrix for long inputs.
+QUERY_CHUNK = 512
 
 # A decode step multiplies every weight matrix by one vector, so its speed is memory reads.
 # PyTorch's CPU matrix-vector product reads a row-major [out, in] matrix at about 16 GB/s here;
@@ -110,8 +110,8 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     B, H, Tq, D = q.shape
     K = k.shape[1]
     R = H // K
-    scores = (q.reshape(B, K, R * Tq, D) @ k.transpose(-1, -2)) * scaling  # [B, K, R * Tq, Tk]
-    scores = scores.view(B, K, R, Tq, -1).masked_fill(~mask.view(-1, 1, 1, Tq, mask.shape[-1]), float("-inf"))
+    scores = (q.reshape(B, K, R * Tq, D) @ k.transpose(-1, -2)).mul_(scaling)  # [B, K, R * Tq, Tk]
+    scores = scores.view(B, K, R, Tq, -1).masked_fill_(~mask.view(-1, 1, 1, Tq, mask.shape[-1]), float("-inf"))
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # float32 softmax, as transformers
     return (weights.view(B, K, R * Tq, -1) @ v).view(B, H, Tq, D)
 
