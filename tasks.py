@@ -8,7 +8,6 @@ test suite (pytest + nbval on every notebook). Needs only Python 3.10+.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import venv

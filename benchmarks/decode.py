@@ -67,7 +67,6 @@ def main() -> None:
               f"ratio {dec_ours / dec_hf:.2f}x")
         print(f"bound     {weight_bytes(ours) / 1e9:.2f} GB of weights per token at {bandwidth / 1e9:.1f} GB/s = "
               f"{bound:.1f} tok/s; gemma3_minimal reaches {dec_ours / bound:.0%} of it")
-        del ours, theirs
 
 
 if __name__ == "__main__":

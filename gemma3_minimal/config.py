@@ -6,7 +6,7 @@ Numbers come from the Gemma 3 Technical Report (arXiv 2503.19786) and the offici
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 LOCAL = "sliding_attention"

@@ -21,7 +21,7 @@ from .layers import Attention, GeGLU, Linear, RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
-def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor, offset: int = 0) -> None:
+def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor) -> None:
     """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
@@ -33,12 +33,6 @@ def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor, offset: int = 0)
         )
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
-    end = offset + input_ids.shape[1]
-    if end > cfg.max_position_embeddings:
-        raise ValueError(
-            f"sequence of {end} positions is longer than the context of {cfg.name} "
-            f"({cfg.max_position_embeddings}); shorten the input"
-        )
     if not input_ids.is_meta:
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= cfg.vocab_size:
@@ -80,9 +74,21 @@ class Gemma3TextModel(nn.Module):
         scale = torch.tensor(self.config.hidden_size**0.5, dtype=self.embed_tokens.weight.dtype)
         return self.embed_tokens(input_ids) * scale.to(input_ids.device)
 
-    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
-                groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Hidden states [batch, seq, hidden] of inputs_embeds [batch, seq, hidden].
+
+        Positions default to the ones after what `cache` holds (0, 1, ... without a cache).
+        """
         cfg = self.config
+        if positions is None:
+            offset, T = (0 if cache is None else cache.length), inputs_embeds.shape[1]
+            if offset + T > cfg.max_position_embeddings:
+                raise ValueError(
+                    f"sequence of {offset + T} positions is longer than the context of {cfg.name} "
+                    f"({cfg.max_position_embeddings}); shorten the input"
+                )
+            positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
         # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
         local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq))
@@ -130,18 +136,10 @@ class Gemma3ForCausalLM(nn.Module):
             cache: a KVCache from `new_cache`; positions continue from `cache.length`.
             groups: [batch, seq] image ids (-1 for text) for bidirectional attention within an image.
         """
-        offset = 0 if cache is None else cache.length
         if inputs_embeds is None:
-            check_input_ids(self.config, input_ids, offset)
+            check_input_ids(self.config, input_ids)
             inputs_embeds = self.model.embed(input_ids)
-        T = inputs_embeds.shape[1]
-        if offset + T > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {offset + T} positions is longer than the context of {self.config.name} "
-                f"({self.config.max_position_embeddings})"
-            )
-        positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
-        h = self.model(inputs_embeds, positions, cache, groups)
+        h = self.model(inputs_embeds, cache=cache, groups=groups)
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)

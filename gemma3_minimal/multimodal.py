@@ -102,16 +102,14 @@ class Gemma3ForConditionalGeneration(nn.Module):
                 "build the prompt with Gemma3Processor so each image placeholder gets its tokens"
             )
         text_ids = input_ids.masked_fill(is_image, cfg.pad_token_id)  # placeholders: never looked up
-        offset = 0 if cache is None else cache.length
-        check_input_ids(cfg, text_ids, offset)
+        check_input_ids(cfg, text_ids)
         x = self.model.language_model.embed(text_ids)  # [B, T, hidden], scaled by sqrt(hidden)
         groups = None
         if n_images:
             features = self.get_image_features(pixel_values)  # [N, 256, hidden], not scaled
             x = x.masked_scatter(is_image[..., None], features.to(x.dtype))
             groups = image_groups(is_image)  # [B, T]: 0, 1, ... per image run, -1 for text
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        h = self.model.language_model(x, positions, cache, groups)
+        h = self.model.language_model(x, cache=cache, groups=groups)
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)
