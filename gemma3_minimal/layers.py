@@ -21,9 +21,9 @@ from .rope import apply_rope
 QUERY_CHUNK = 512
 
 # A decode step multiplies every weight matrix by one vector, so its speed is memory reads.
-# PyTorch's CPU matrix-vector product reads a row-major [out, in] matrix at about 16 GB/s here;
-# stored as [in, out] and cut into column blocks that one `bmm` runs in parallel, it reads at
-# 30-50 GB/s (benchmarks/RESULTS.md). The values and shapes stay nn.Linear's.
+# PyTorch's CPU matrix-vector product reads a row-major [out, in] matrix at about 16 GB/s here.
+# Stored as [in, out] and cut into row ranges that one `bmm` reads in parallel, each a contiguous
+# stream, it reads at 40-53 GB/s (benchmarks/RESULTS.md). The values and shapes stay nn.Linear's.
 MATVEC_BLOCKS = 4
 MATVEC_MAX_ROWS = 4  # inputs with more rows (prefill, training) use the ordinary F.linear
 
@@ -31,14 +31,22 @@ MATVEC_MAX_ROWS = 4  # inputs with more rows (prefill, training) use the ordinar
 def blocked_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [..., in] @ weight.T for a weight [out, in] stored as the transpose of an [in, out] matrix.
 
-    The [in, out] storage is viewed, without a copy, as MATVEC_BLOCKS column blocks [P, in, out/P].
+    The [in, out] storage is viewed, without a copy, as MATVEC_BLOCKS blocks of consecutive rows
+    [P, in/P, out]; each block multiplies its slice of x, and the P partial products are summed.
     """
     out_features, in_features = weight.shape
     P = MATVEC_BLOCKS
-    blocks = weight.t().view(in_features, P, out_features // P).permute(1, 0, 2)  # [P, in, out/P]
-    rows = x.reshape(1, -1, in_features).expand(P, -1, in_features)  # [P, rows, in]
-    y = torch.bmm(rows, blocks)  # [P, rows, out/P]
-    return y.permute(1, 0, 2).reshape(*x.shape[:-1], out_features)
+    blocks = weight.t().view(P, in_features // P, out_features)  # [P, in/P, out]
+    rows = x.reshape(-1, P, in_features // P).transpose(0, 1)  # [P, rows, in/P]
+    return torch.bmm(rows, blocks).sum(0).view(*x.shape[:-1], out_features)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T: `blocked_matvec` for a few rows of a column-major float32 weight, else F.linear."""
+    if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and weight.stride(0) == 1
+            and weight.shape[1] % MATVEC_BLOCKS == 0 and x.dtype == weight.dtype == torch.float32):
+        return blocked_matvec(x, weight)
+    return F.linear(x, weight)
 
 
 class Linear(nn.Linear):
@@ -49,20 +57,76 @@ class Linear(nn.Linear):
         self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())  # same values, [in, out] storage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and w.stride(0) == 1
-                and w.shape[0] % MATVEC_BLOCKS == 0 and x.dtype == w.dtype == torch.float32):
-            return blocked_matvec(x, w)
-        return F.linear(x, w)
+        return linear(x, self.weight)
+
+
+# Projections that read the same input (q, k, v; gate, up) keep their own parameters, named as in
+# the checkpoint, but their weights can lie back to back in one buffer: then one product reads
+# them all, one long stream instead of three short ones.
+
+
+@torch.no_grad()
+def fuse_linears(*linears: Linear, column_major: bool = True) -> None:
+    """Move the weights of `linears` (same in_features) into one [sum(out), in] buffer, in place.
+
+    Each weight becomes a view of its rows of the buffer; values, shapes and names do not change.
+    """
+    w = linears[0].weight
+    total = sum(lin.out_features for lin in linears)
+    if column_major:
+        buffer = torch.empty(w.shape[1], total, dtype=w.dtype, device=w.device).t()  # [total, in], [in, total] storage
+    else:
+        buffer = torch.empty(total, w.shape[1], dtype=w.dtype, device=w.device)
+    start = 0
+    for lin in linears:
+        rows = buffer[start:start + lin.out_features]
+        rows.copy_(lin.weight)
+        lin.weight.data = rows
+        start += lin.out_features
+
+
+def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
+    """The weights of `linears` as one [sum(out), in] view if `fuse_linears` put them back to back.
+
+    None when they are apart (e.g. after `.to(dtype)`, which copies each) or when gradients are
+    needed: a product through the shared view would not reach each parameter.
+    """
+    first = linears[0].weight
+    if first.requires_grad and torch.is_grad_enabled():
+        return None
+    storage, offset, strides = first.untyped_storage().data_ptr(), first.storage_offset(), first.stride()
+    for lin in linears:
+        w = lin.weight
+        if w.storage_offset() != offset or w.stride() != strides or w.untyped_storage().data_ptr() != storage:
+            return None
+        offset += w.shape[0] * strides[0]
+    total = sum(lin.out_features for lin in linears)
+    return first.as_strided((total, first.shape[1]), strides, first.storage_offset())
+
+
+def project(x: torch.Tensor, *linears: Linear) -> tuple[torch.Tensor, ...]:
+    """(lin(x) for lin in linears), as one product when their weights are fused."""
+    w = fused_weight(*linears)
+    if w is None:
+        return tuple(lin(x) for lin in linears)
+    return linear(x, w).split([lin.out_features for lin in linears], dim=-1)
 
 
 def set_weight_layout(model: nn.Module) -> nn.Module:
-    """Store each Linear weight in the layout its dtype reads fastest, in place; returns the model.
+    """Store each Linear weight in the layout its dtype reads fastest, fused where a module says, in place.
 
     float32: column-major, for `blocked_matvec`. Other dtypes: row-major, since PyTorch's bfloat16
     matrix-vector product is fastest on [out, in] rows (26 ms for the 270M head, against 55 ms
     column-major and 227 ms blocked). Values and shapes never change; a tied weight moves once.
+    Returns the model.
     """
+    for module in model.modules():
+        for names in getattr(module, "fused_projections", ()):
+            linears = [getattr(module, name) for name in names]
+            column_major = linears[0].weight.dtype == torch.float32
+            w = fused_weight(*linears)
+            if w is None or (w.stride(0) == 1) != column_major:
+                fuse_linears(*linears, column_major=column_major)
     for module in model.modules():
         if isinstance(module, Linear):
             w = module.weight
@@ -89,14 +153,18 @@ class RMSNorm(nn.Module):
 class GeGLU(nn.Module):
     """down(gelu_tanh(gate(x)) * up(x)): the gated MLP of every Gemma 3 block."""
 
+    fused_projections = (("gate_proj", "up_proj"),)
+
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.gate_proj = Linear(hidden_size, intermediate_size)
         self.up_proj = Linear(hidden_size, intermediate_size)
         self.down_proj = Linear(intermediate_size, hidden_size)
+        fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = project(x, self.gate_proj, self.up_proj)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -119,6 +187,8 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 class Attention(nn.Module):
     """Grouped-query attention with QK-norm, RoPE and `query_pre_attn_scalar ** -0.5` scaling."""
 
+    fused_projections = (("q_proj", "k_proj", "v_proj"),)
+
     def __init__(self, cfg: Gemma3Config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -135,6 +205,7 @@ class Attention(nn.Module):
         self.o_proj = Linear(H * D, cfg.hidden_size)
         self.q_norm = RMSNorm(D, cfg.rms_norm_eps)  # QK-norm replaces Gemma 2's soft-capping
         self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+        fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(
         self,
@@ -146,9 +217,10 @@ class Attention(nn.Module):
         groups: Optional[torch.Tensor] = None,  # [B, T] image ids, -1 for text
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
         if cache is not None:
