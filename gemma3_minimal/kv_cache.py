@@ -82,9 +82,9 @@ class LayerCache:
         keep = min(k.shape[2], self.slots)  # only the last `slots` positions can still be seen
         k, v, positions = k[:, :, -keep:], v[:, :, -keep:], positions[-keep:]
         slot = positions % self.slots
-        self.k[:, :, slot] = k
-        self.v[:, :, slot] = v
-        self.pos[slot] = positions
+        self.k.index_copy_(2, slot, k)
+        self.v.index_copy_(2, slot, v)
+        self.pos.index_copy_(0, slot, positions)
         if groups is not None:
             self.groups[:, slot] = groups[:, -keep:]
 

@@ -94,12 +94,12 @@ def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
     first = linears[0].weight
     if first.requires_grad and torch.is_grad_enabled():
         return None
-    storage, offset, strides = first.untyped_storage().data_ptr(), first.storage_offset(), first.stride()
-    for lin in linears:
+    strides, address = first.stride(), first.data_ptr()
+    for lin in linears:  # each weight starts where the previous one ends, with the same strides
         w = lin.weight
-        if w.storage_offset() != offset or w.stride() != strides or w.untyped_storage().data_ptr() != storage:
+        if w.data_ptr() != address or w.stride() != strides:
             return None
-        offset += w.shape[0] * strides[0]
+        address += w.shape[0] * strides[0] * w.element_size()
     total = sum(lin.out_features for lin in linears)
     return first.as_strided((total, first.shape[1]), strides, first.storage_offset())
 
