@@ -23,7 +23,8 @@ QUERY_CHUNK = 512
 # A decode step multiplies every weight matrix by one vector, so its speed is memory reads.
 # PyTorch's CPU matrix-vector product reads a row-major [out, in] matrix at about 16 GB/s here.
 # Stored as [in, out] and cut into row ranges that one `bmm` reads in parallel, each a contiguous
-# stream, it reads at 40-53 GB/s (benchmarks/RESULTS.md). The values and shapes stay nn.Linear's.
+# stream, the 270M's head reads at about 50 GB/s and its per-layer matrices at 30-42 GB/s
+# (benchmarks/RESULTS.md). The values and shapes stay nn.Linear's.
 MATVEC_BLOCKS = 4
 MATVEC_MAX_ROWS = 4  # inputs with more rows (prefill, training) use the ordinary F.linear
 
@@ -42,8 +43,8 @@ def blocked_matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T: `blocked_matvec` for a few rows of a column-major float32 weight, else F.linear."""
-    if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and weight.stride(0) == 1
+    """x @ weight.T: `blocked_matvec` for a few rows of a column-major float32 weight on the CPU, else F.linear."""
+    if (x.numel() <= MATVEC_MAX_ROWS * x.shape[-1] and weight.stride(0) == 1 and x.device.type == "cpu"
             and weight.shape[1] % MATVEC_BLOCKS == 0 and x.dtype == weight.dtype == torch.float32):
         return blocked_matvec(x, weight)
     return F.linear(x, weight)
