@@ -102,6 +102,9 @@ def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
             return None
         address += w.shape[0] * strides[0] * w.element_size()
     total = sum(lin.out_features for lin in linears)
+    last = first.storage_offset() + (total - 1) * strides[0] + (first.shape[1] - 1) * strides[1]
+    if (last + 1) * first.element_size() > first.untyped_storage().nbytes():
+        return None  # adjacent in memory but separate allocations (a caching allocator can do that)
     return first.as_strided((total, first.shape[1]), strides, first.storage_offset())
 
 
@@ -113,6 +116,7 @@ def project(x: torch.Tensor, *linears: Linear) -> tuple[torch.Tensor, ...]:
     return linear(x, w).split([lin.out_features for lin in linears], dim=-1)
 
 
+@torch.no_grad()
 def set_weight_layout(model: nn.Module) -> nn.Module:
     """Store each Linear weight in the layout its dtype reads fastest, fused where a module says, in place.
 

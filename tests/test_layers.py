@@ -101,3 +101,19 @@ def test_gradients_reach_every_projection_as_without_fusion():
         ref = getattr(p_attn if name.endswith(("q_proj", "k_proj", "v_proj")) else p_mlp, name).weight.grad
         assert grad is not None and grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_adjacent_but_separate_weights_are_not_read_as_one():
+    """Two allocations can touch (CUDA's caching allocator packs blocks): they must not be fused."""
+    mlp = Gemma3ForCausalLM(TINY).model.layers[0].mlp
+    out, inp = mlp.gate_proj.weight.shape
+    memory = torch.randn(2 * out * inp).untyped_storage()
+    nbytes = out * inp * 4
+    for i, lin in enumerate([mlp.gate_proj, mlp.up_proj]):  # row-major, back to back, two storages
+        lin.weight.data = torch.empty(0).set_(memory[i * nbytes:(i + 1) * nbytes], 0, (out, inp), (inp, 1))
+    assert mlp.gate_proj.weight.data_ptr() + nbytes == mlp.up_proj.weight.data_ptr()
+    with torch.no_grad():
+        assert fused_weight(mlp.gate_proj, mlp.up_proj) is None
+        x = torch.randn(1, 2, inp)
+        gate, up = project(x, mlp.gate_proj, mlp.up_proj)
+        torch.testing.assert_close(up, F.linear(x, mlp.up_proj.weight), atol=1e-6, rtol=1e-6)
