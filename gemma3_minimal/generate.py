@@ -6,6 +6,7 @@ logits of the next. Generation stops at `<eos>` or `<end_of_turn>`.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -45,13 +46,26 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def decode_step(model, ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    """Logits [batch, vocab] after one new token per sequence, ids [batch, 1] at `positions` [1].
+
+    Pure tensor work: no checks, no Python counters (the caller advances `cache`). With a static
+    cache its shapes and addresses are the same at every step, so `torch.compile` traces it once
+    and, on a GPU with mode="reduce-overhead", replays it as one CUDA graph.
+    """
+    text = getattr(model.model, "language_model", model.model)  # multimodal models wrap the text model
+    return model.lm_head(text.blocks(text.embed(ids), positions, cache))[:, -1]
+
+
 @torch.no_grad()
 def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_ids: Sequence[int] = STOP_IDS, **prefill_inputs) -> Iterator[int]:
+                 stop_ids: Sequence[int] = STOP_IDS, compile: bool = False, **prefill_inputs) -> Iterator[int]:
     """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`.
 
     `prefill_inputs` go to the prompt's forward pass only (e.g. `pixel_values` for the images).
+    `compile=True` runs each step through `torch.compile(decode_step)` with a static cache: CUDA
+    graphs on a GPU; the first steps pay the compilation.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -66,15 +80,31 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    cache = model.new_cache(max_len=max_len)
+    # A compiled step is specialized to its cache's size: round it up so that prompts of similar
+    # lengths share one compilation.
+    cache_len = min(-(-max_len // 256) * 256, model.config.max_position_embeddings) if compile else max_len
+    cache = model.new_cache(max_len=cache_len, static=compile)
     logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
+    step = compiled_decode_step(device.type) if compile else None
     for _ in range(max_new_tokens):
         next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]
         token = int(next_id)
         yield token
         if token in stop_ids or cache.length == max_len:
             return
-        logits = model(next_id[:, None], cache)[:, -1]
+        if step is None:
+            logits = model(next_id[:, None], cache)[:, -1]
+        else:
+            positions = torch.full((1,), cache.length, device=device)
+            cache.advance(1)
+            logits = step(model, next_id[:, None], positions, cache)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_decode_step(device_type: str):
+    """`decode_step` under torch.compile, made once per device type: CUDA graphs on a GPU."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    return torch.compile(decode_step, fullgraph=True, mode=mode)
 
 
 def encode_prompt(tok, prompt: Prompt) -> list[int]:

@@ -19,15 +19,14 @@ class LayerCache:
     """Keys and values of one layer: [batch, kv_heads, slots, head_dim] each, plus slot positions."""
 
     def __init__(self, batch_size: int, kv_heads: int, slots: int, head_dim: int, ring: bool,
-                 capacity: int, dtype: torch.dtype, device):
+                 dtype: torch.dtype, device, static: bool = False):
         shape = (batch_size, kv_heads, slots, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # position held by each slot
         self.groups = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # image ids
         self.ring = ring
-        self.capacity = capacity  # positions this cache may receive in all
-        self.length = 0  # positions written so far
+        self.static = static  # one-token steps see every slot, so their shapes never change
 
     @property
     def slots(self) -> int:
@@ -42,36 +41,31 @@ class LayerCache:
                groups: Optional[torch.Tensor] = None):
         """Store new keys/values k, v [B, K, T, D] at `positions` [T]; return what the queries attend to.
 
-        Returns (keys, values, key_positions, key_groups). A global layer returns its filled prefix.
+        Returns (keys, values, key_positions, key_groups). A global layer returns its filled prefix,
+        or with `static` and T == 1 all its slots (empty ones hold position -1, which masks exclude).
         A ring returns its slots after writing when T == 1 (the overwritten slot is the one that
         just left the window); for T > 1 it returns old slots and new keys together, since the
         chunk's first queries still need keys that its last ones push out.
         """
         T = k.shape[2]
-        if self.length + T > self.capacity:
-            raise ValueError(
-                f"KV cache full: it was built for {self.capacity} positions and {self.length + T} were asked for; "
-                "build the cache with a larger max_len"
-            )
-        self.length += T
-        if not self.ring:
-            start = int(positions[0])
-            self.k[:, :, start:start + T] = k
-            self.v[:, :, start:start + T] = v
-            self.pos[start:start + T] = positions
-            if groups is not None:
-                self.groups[:, start:start + T] = groups
-            end = start + T
-            return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end], self._groups(groups, end)
-        if T == 1:
+        if self.ring and T > 1:
+            keys = torch.cat([self.k, k], dim=2)
+            values = torch.cat([self.v, v], dim=2)
+            key_pos = torch.cat([self.pos, positions])
+            key_groups = None if groups is None else torch.cat([self.groups, groups], dim=1)
+            self._write(k, v, positions, groups)
+            return keys, values, key_pos, key_groups
+        if self.ring or (self.static and T == 1):
             self._write(k, v, positions, groups)
             return self.k, self.v, self.pos, self._groups(groups, None)
-        keys = torch.cat([self.k, k], dim=2)
-        values = torch.cat([self.v, v], dim=2)
-        key_pos = torch.cat([self.pos, positions])
-        key_groups = None if groups is None else torch.cat([self.groups, groups], dim=1)
-        self._write(k, v, positions, groups)
-        return keys, values, key_pos, key_groups
+        start = int(positions[0])  # a global layer's positions continue its filled prefix
+        self.k[:, :, start:start + T] = k
+        self.v[:, :, start:start + T] = v
+        self.pos[start:start + T] = positions
+        if groups is not None:
+            self.groups[:, start:start + T] = groups
+        end = start + T
+        return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end], self._groups(groups, end)
 
     def _groups(self, groups, end):
         if groups is None:
@@ -93,10 +87,12 @@ class KVCache:
     """One LayerCache per layer for `max_len` positions; `nbytes` equals `memory.kv_cache_bytes`.
 
     With `sliding=False` every layer keeps a full buffer (the all-global layout, for comparison).
+    With `static=True` a one-token step has the same shapes at every position, and the buffers
+    keep fixed addresses: what `torch.compile` and CUDA graphs need (see `generate.decode_step`).
     """
 
     def __init__(self, cfg: Gemma3Config, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
-                 device="cpu", sliding: bool = True):
+                 device="cpu", sliding: bool = True, static: bool = False):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if max_len > cfg.max_position_embeddings:
@@ -104,24 +100,31 @@ class KVCache:
                 f"max_len {max_len} exceeds the context of {cfg.name} ({cfg.max_position_embeddings} positions)"
             )
         self.max_len = max_len
+        self.length = 0  # positions written so far: the next token's position
         self.layers = []
         for kind in cfg.layer_types:
             ring = sliding and kind == "sliding_attention"
             slots = min(cfg.sliding_window, max_len) if ring else max_len
-            self.layers.append(
-                LayerCache(batch_size, cfg.num_key_value_heads, slots, cfg.head_dim, ring, max_len, dtype, device)
+            layer = LayerCache(batch_size, cfg.num_key_value_heads, slots, cfg.head_dim, ring, dtype, device, static)
+            self.layers.append(layer)
+            if static:
+                for buffer in (layer.k, layer.v, layer.pos, layer.groups):
+                    torch._dynamo.mark_static_address(buffer)  # updated in place, never reallocated
+
+    def advance(self, T: int) -> None:
+        """Count T new positions, refusing more than the cache was built for."""
+        if self.length + T > self.max_len:
+            raise ValueError(
+                f"KV cache full: it was built for {self.max_len} positions and {self.length + T} were asked for; "
+                "build the cache with a larger max_len"
             )
+        self.length += T
 
     def __getitem__(self, layer_idx: int) -> LayerCache:
         return self.layers[layer_idx]
 
     def __len__(self) -> int:
         return len(self.layers)
-
-    @property
-    def length(self) -> int:
-        """Positions seen so far (the next token's position)."""
-        return self.layers[0].length
 
     @property
     def nbytes(self) -> int:

@@ -58,6 +58,8 @@ class Linear(nn.Linear):
         self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())  # same values, [in, out] storage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if opaque_products(x):
+            return products(x, [self.weight])[0]
         return linear(x, self.weight)
 
 
@@ -89,19 +91,25 @@ def fuse_linears(*linears: Linear, column_major: bool = True) -> None:
 def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
     """The weights of `linears` as one [sum(out), in] view if `fuse_linears` put them back to back.
 
-    None when they are apart (e.g. after `.to(dtype)`, which copies each) or when gradients are
-    needed: a product through the shared view would not reach each parameter.
+    None when they are apart (e.g. after `.to(dtype)`, which copies each), when gradients are
+    needed (a product through the shared view would not reach each parameter), or under
+    torch.compile, which cannot trace memory addresses.
     """
     first = linears[0].weight
-    if first.requires_grad and torch.is_grad_enabled():
+    if (first.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
         return None
+    return back_to_back([lin.weight for lin in linears])
+
+
+def back_to_back(weights: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Weights [out_i, in] as one [sum(out_i), in] view when they lie back to back in one storage."""
+    first = weights[0]
     strides, address = first.stride(), first.data_ptr()
-    for lin in linears:  # each weight starts where the previous one ends, with the same strides
-        w = lin.weight
+    for w in weights:  # each weight starts where the previous one ends, with the same strides
         if w.data_ptr() != address or w.stride() != strides:
             return None
         address += w.shape[0] * strides[0] * w.element_size()
-    total = sum(lin.out_features for lin in linears)
+    total = sum(w.shape[0] for w in weights)
     last = first.storage_offset() + (total - 1) * strides[0] + (first.shape[1] - 1) * strides[1]
     if (last + 1) * first.element_size() > first.untyped_storage().nbytes():
         return None  # adjacent in memory but separate allocations (a caching allocator can do that)
@@ -110,10 +118,33 @@ def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
 
 def project(x: torch.Tensor, *linears: Linear) -> tuple[torch.Tensor, ...]:
     """(lin(x) for lin in linears), as one product when their weights are fused."""
+    if opaque_products(x):
+        return tuple(products(x, [lin.weight for lin in linears]))
     w = fused_weight(*linears)
     if w is None:
         return tuple(lin(x) for lin in linears)
     return linear(x, w).split([lin.out_features for lin in linears], dim=-1)
+
+
+def opaque_products(x: torch.Tensor) -> bool:
+    """Under torch.compile on the CPU, products go through `products`: inductor's own code for a
+    matrix-vector product reads the weights 2x slower than `blocked_matvec`."""
+    return torch.compiler.is_compiling() and x.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+@torch.library.custom_op("gemma3_minimal::products", mutates_args=())
+def products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[x @ w.T for w in weights], one product when they lie back to back; opaque to torch.compile."""
+    fused = back_to_back(weights)
+    if fused is None:
+        return [linear(x, w) for w in weights]
+    sizes = [w.shape[0] for w in weights]
+    return [y.clone() for y in linear(x, fused).split(sizes, dim=-1)]  # a custom op's outputs may not alias
+
+
+@products.register_fake
+def _(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [x.new_empty(*x.shape[:-1], w.shape[0]) for w in weights]
 
 
 @torch.no_grad()

@@ -71,8 +71,9 @@ class Gemma3TextModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] ids -> [batch, seq, hidden], scaled by sqrt(hidden) in the weights' dtype."""
-        scale = torch.tensor(self.config.hidden_size**0.5, dtype=self.embed_tokens.weight.dtype)
-        return self.embed_tokens(input_ids) * scale.to(input_ids.device)
+        w = self.embed_tokens.weight
+        scale = torch.full((), self.config.hidden_size**0.5, dtype=w.dtype, device=input_ids.device)
+        return self.embed_tokens(input_ids) * scale
 
     def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -81,19 +82,30 @@ class Gemma3TextModel(nn.Module):
         Positions default to the ones after what `cache` holds (0, 1, ... without a cache).
         """
         cfg = self.config
+        T = inputs_embeds.shape[1]
         if positions is None:
-            offset, T = (0 if cache is None else cache.length), inputs_embeds.shape[1]
+            offset = 0 if cache is None else cache.length
             if offset + T > cfg.max_position_embeddings:
                 raise ValueError(
                     f"sequence of {offset + T} positions is longer than the context of {cfg.name} "
                     f"({cfg.max_position_embeddings}); shorten the input"
                 )
             positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
+        if cache is not None:
+            cache.advance(T)
+        return self.blocks(inputs_embeds, positions, cache, groups)
+
+    def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
+               groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
+        cfg = self.config
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
         # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
-        local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq))
-        global_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor))
-        x = inputs_embeds
+        device = positions.device
+        local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device))
+        global_rope = rope_cos_sin(
+            positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
+        )
         for i, layer in enumerate(self.layers):
             rope = local_rope if layer.is_sliding else global_rope
             x = layer(x, rope, positions, None if cache is None else cache[i], groups)
@@ -121,10 +133,10 @@ class Gemma3ForCausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 module.weight.zero_()
 
-    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
-        """An empty KV cache for `max_len` positions, on the model's device and dtype."""
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True, static: bool = False) -> KVCache:
+        """An empty KV cache for `max_len` positions, on the model's device and dtype (see KVCache)."""
         w = self.model.embed_tokens.weight
-        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding, static=static)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
                 inputs_embeds: Optional[torch.Tensor] = None, groups: Optional[torch.Tensor] = None,

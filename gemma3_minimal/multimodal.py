@@ -69,10 +69,10 @@ class Gemma3ForConditionalGeneration(nn.Module):
                 module.reset_parameters()
         self.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, std)
 
-    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
-        """An empty KV cache for `max_len` positions, on the model's device and dtype."""
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True, static: bool = False) -> KVCache:
+        """An empty KV cache for `max_len` positions, on the model's device and dtype (see KVCache)."""
         w = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding, static=static)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[images, 3, 896, 896] -> [images, 256, hidden]: SigLIP, then pool, norm and project."""

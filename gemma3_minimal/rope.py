@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 
-def rope_inv_freq(head_dim: int, base: float, scaling_factor: float = 1.0) -> torch.Tensor:
+def rope_inv_freq(head_dim: int, base: float, scaling_factor: float = 1.0, device=None) -> torch.Tensor:
     """[head_dim / 2] float32 frequencies `1 / base^(2i / head_dim) / scaling_factor`."""
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     return 1.0 / (base**exponent) / scaling_factor
 
 
