@@ -21,6 +21,21 @@ def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
+def median_times(fns: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function, timed in turn within each run so that a slow spell of
+    this noisy machine hits every function alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def read_bandwidth(n_bytes: int = 1 << 30, runs: int = 7) -> float:
     """This machine's memory read bandwidth in bytes/s: the fastest of two ways to read 1 GiB of float32.
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import load_both, median_time, read_bandwidth, weight_bytes  # noqa: E402
+from common import load_both, median_times, read_bandwidth, weight_bytes  # noqa: E402
 
 PROMPT = "The history of the city of Paris begins"
 
@@ -56,16 +56,20 @@ def main() -> None:
             reference = hf_decode(theirs, ids, n)
             same = ours_decode(ours, ids, n) == reference
             same_compiled = ours_decode(ours, ids, n, compile=True) == reference  # also compiles the step
-            t_pre_ours = median_time(lambda: ours(ids, ours.new_cache(ids.shape[1]), last_only=True), args.runs)
-            t_pre_hf = median_time(lambda: theirs(ids, use_cache=True, logits_to_keep=1), args.runs)
-            t_ours = median_time(lambda: ours_decode(ours, ids, n), args.runs)
-            t_hf = median_time(lambda: hf_decode(theirs, ids, n), args.runs)
-            t_compiled = median_time(lambda: ours_decode(ours, ids, n, compile=True), args.runs)
+            t = median_times({
+                "pre_ours": lambda: ours(ids, ours.new_cache(ids.shape[1]), last_only=True),
+                "pre_hf": lambda: theirs(ids, use_cache=True, logits_to_keep=1),
+                "ours": lambda: ours_decode(ours, ids, n),
+                "hf": lambda: hf_decode(theirs, ids, n),
+                "compiled": lambda: ours_decode(ours, ids, n, compile=True),
+            }, args.runs)
+            t_pre_ours, t_pre_hf, t_ours, t_hf, t_compiled = (
+                t[k] for k in ("pre_ours", "pre_hf", "ours", "hf", "compiled"))
         dec_ours = n / (t_ours - t_pre_ours)
         dec_compiled = n / (t_compiled - t_pre_ours)
         dec_hf = n / (t_hf - t_pre_hf)
         bound = bandwidth / weight_bytes(ours)
-        print(f"\n## {dtype_name}: prompt {ids.shape[1]} tokens, {n} new tokens, median of {args.runs} runs;"
+        print(f"\n## {dtype_name}: prompt {ids.shape[1]} tokens, {n} new tokens, median of {args.runs} runs (taken in turn);"
               f" same greedy tokens: {same} (compiled: {same_compiled})")
         print(f"prefill   gemma3_minimal {ids.shape[1] / t_pre_ours:8.1f} tok/s   transformers {ids.shape[1] / t_pre_hf:8.1f} tok/s")
         print(f"decode    gemma3_minimal {dec_ours:8.1f} tok/s   transformers {dec_hf:8.1f} tok/s   "

@@ -97,6 +97,7 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
         else:
             positions = torch.full((1,), cache.length, device=device)
             cache.advance(1)
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are read: a graph may reuse them
             logits = step(model, next_id[:, None], positions, cache)
 
 
