@@ -137,14 +137,15 @@ def stream(model, tok, prompt: Prompt, max_new_tokens: int = 32, **sampling) -> 
 
 def generate(model, tok, prompt: Prompt, max_new_tokens: int = 32, temperature: float = 0.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-             on_text: Optional[Callable[[str], None]] = None) -> str:
+             on_text: Optional[Callable[[str], None]] = None, compile: bool = False) -> str:
     """The continuation of `prompt` as text: `generate(model, tok, "The capital of France is")`.
 
     `on_text` receives each new piece of text as it is generated (e.g. `print` with end="").
+    `compile=True`: a static cache and a compiled step (see `generate_ids`).
     """
     pieces = []
     for piece in stream(model, tok, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed):
+                        top_p=top_p, seed=seed, compile=compile):
         pieces.append(piece)
         if on_text is not None:
             on_text(piece)
