@@ -1,6 +1,6 @@
 """GPU decode (issue 8, target 4): gemma3_minimal against transformers on random weights of the real configs.
 
-    python benchmarks/gpu_decode.py [--configs 270m,1b,4b] [--new-tokens 128] [--runs 3] [--device cuda]
+    python benchmarks/gpu_decode.py [--configs 270m,1b,4b] [--new-tokens 128] [--runs 2] [--device cuda]
 
 Meant for one short run on a lent GPU machine (`device` tool), which reaches no package registry
 and receives at most 64 MiB: no GGUF there, so the weights are random (decode speed does not
@@ -118,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="270m,1b,4b")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -80,10 +80,7 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    # A compiled step is specialized to its cache's size: round it up so that prompts of similar
-    # lengths share one compilation.
-    cache_len = min(-(-max_len // 256) * 256, model.config.max_position_embeddings) if compile else max_len
-    cache = model.new_cache(max_len=cache_len, static=compile)
+    cache = static_cache(model, max_len) if compile else model.new_cache(max_len=max_len)
     logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
     step = compiled_decode_step(device.type) if compile else None
     for _ in range(max_new_tokens):
@@ -99,6 +96,23 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
             cache.advance(1)
             torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are read: a graph may reuse them
             logits = step(model, next_id[:, None], positions, cache)
+
+
+def static_cache(model, max_len: int):
+    """An empty static cache for at least `max_len` positions, kept on the model and reused.
+
+    A compiled step is specialized to its cache's size and (as a CUDA graph) to its buffers'
+    addresses: rounding the size up to a multiple of 256 and reusing the buffers lets later
+    prompts replay the same compiled step.
+    """
+    size = min(-(-max_len // 256) * 256, model.config.max_position_embeddings)
+    cache = getattr(model, "_static_cache", None)
+    w = model.lm_head.weight
+    if cache is None or cache.max_len != size or cache[0].k.device != w.device or cache[0].k.dtype != w.dtype:
+        cache = model.new_cache(max_len=size, static=True)
+        model.__dict__["_static_cache"] = cache  # a plain attribute: not a parameter, not in state_dict
+    cache.reset()
+    return cache
 
 
 @functools.lru_cache(maxsize=None)

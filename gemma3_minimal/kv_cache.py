@@ -111,6 +111,13 @@ class KVCache:
                 for buffer in (layer.k, layer.v, layer.pos, layer.groups):
                     torch._dynamo.mark_static_address(buffer)  # updated in place, never reallocated
 
+    def reset(self) -> None:
+        """Empty the cache in place (buffers keep their addresses, so a captured step stays valid)."""
+        for layer in self.layers:
+            layer.pos.fill_(-1)
+            layer.groups.fill_(-1)
+        self.length = 0
+
     def advance(self, T: int) -> None:
         """Count T new positions, refusing more than the cache was built for."""
         if self.length + T > self.max_len:

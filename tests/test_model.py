@@ -81,6 +81,11 @@ def test_compiled_greedy_decoding_equals_eager():
     eager = list(generate_ids(model, prompt, max_new_tokens=24, stop_ids=()))
     compiled = list(generate_ids(model, prompt, max_new_tokens=24, stop_ids=(), compile=True))
     assert compiled == eager and len(eager) == 24
+    # A second prompt reuses the same static cache (emptied in place) and the same compiled step.
+    cache = model._static_cache
+    other = prompt[::-1][:7]
+    assert list(generate_ids(model, other, 20, stop_ids=(), compile=True)) == list(generate_ids(model, other, 20, stop_ids=()))
+    assert model._static_cache is cache and "_static_cache" not in str(list(model.state_dict()))
 
 
 # Exact parameter counts (DESIGN.md); for the vision presets this is the text part.
