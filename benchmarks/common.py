@@ -11,14 +11,7 @@ import torch
 
 def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
     """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_times({"fn": fn}, runs, warmup)["fn"]
 
 
 def median_times(fns: dict[str, Callable[[], object]], runs: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmarks")]
 import gemma3_minimal as g3  # noqa: E402
 from gemma3_minimal.generate import generate_ids  # noqa: E402
 from gemma3_minimal.layers import set_weight_layout  # noqa: E402
+from common import median_time  # noqa: E402
 from hf_reference import hf_text_config  # noqa: E402
 
 
@@ -41,15 +40,13 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(fn, device: torch.device, runs: int) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(runs):
-        sync(device)
-        start = time.perf_counter()
+    """Median wall time of `fn()` after one warm-up call (and compilation), the device drained."""
+    def synced():
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    sync(device)
+    return median_time(synced, runs)
 
 
 def random_models(cfg: g3.Gemma3Config, device: torch.device, dtype: torch.dtype):

@@ -91,14 +91,17 @@ def fuse_linears(*linears: Linear, column_major: bool = True) -> None:
 def fused_weight(*linears: Linear) -> Optional[torch.Tensor]:
     """The weights of `linears` as one [sum(out), in] view if `fuse_linears` put them back to back.
 
-    None when they are apart (e.g. after `.to(dtype)`, which copies each), when gradients are
-    needed (a product through the shared view would not reach each parameter), or under
-    torch.compile, which cannot trace memory addresses.
+    None when they are apart (e.g. after `.to(dtype)`, which copies each) or when they may not be
+    read as one (see `may_fuse`).
     """
-    first = linears[0].weight
-    if (first.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-        return None
-    return back_to_back([lin.weight for lin in linears])
+    weights = [lin.weight for lin in linears]
+    return back_to_back(weights) if may_fuse(weights[0]) else None
+
+
+def may_fuse(weight: torch.Tensor) -> bool:
+    """False when gradients are needed (a product through the shared view would not reach each
+    parameter) or under torch.compile, which cannot trace memory addresses."""
+    return not ((weight.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling())
 
 
 def back_to_back(weights: list[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -118,12 +121,20 @@ def back_to_back(weights: list[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def project(x: torch.Tensor, *linears: Linear) -> tuple[torch.Tensor, ...]:
     """(lin(x) for lin in linears), as one product when their weights are fused."""
+    weights = [lin.weight for lin in linears]
     if opaque_products(x):
-        return tuple(products(x, [lin.weight for lin in linears]))
-    w = fused_weight(*linears)
-    if w is None:
-        return tuple(lin(x) for lin in linears)
-    return linear(x, w).split([lin.out_features for lin in linears], dim=-1)
+        return tuple(products(x, weights))
+    if not may_fuse(weights[0]):
+        return tuple(linear(x, w) for w in weights)
+    return tuple(fused_products(x, weights))
+
+
+def fused_products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[x @ w.T for w in weights]: one product and a split when they lie back to back."""
+    fused = back_to_back(weights)
+    if fused is None:
+        return [linear(x, w) for w in weights]
+    return list(linear(x, fused).split([w.shape[0] for w in weights], dim=-1))
 
 
 def opaque_products(x: torch.Tensor) -> bool:
@@ -134,12 +145,8 @@ def opaque_products(x: torch.Tensor) -> bool:
 
 @torch.library.custom_op("gemma3_minimal::products", mutates_args=())
 def products(x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """[x @ w.T for w in weights], one product when they lie back to back; opaque to torch.compile."""
-    fused = back_to_back(weights)
-    if fused is None:
-        return [linear(x, w) for w in weights]
-    sizes = [w.shape[0] for w in weights]
-    return [y.clone() for y in linear(x, fused).split(sizes, dim=-1)]  # a custom op's outputs may not alias
+    """`fused_products` as one operation that torch.compile calls but does not look into."""
+    return [y.clone() for y in fused_products(x, weights)]  # a custom op's outputs may not alias
 
 
 @products.register_fake
