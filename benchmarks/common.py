@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from gemma3_minimal.fast import blocked_matvec
+
 
 def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
     """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
@@ -35,8 +37,6 @@ def read_bandwidth(n_bytes: int = 1 << 30, runs: int = 7) -> float:
     A plain sum, and a matrix-vector product in the layout the library uses for decoding; each
     timed as a median. Taking the faster keeps the bound honest (never below what we reach).
     """
-    from gemma3_minimal.layers import blocked_matvec
-
     x = torch.ones(n_bytes // 4)
     matrix = x.view(1024, -1).t()  # an [out, 1024] weight stored as [1024, out]
     v = torch.ones(1, 1024)
@@ -52,7 +52,7 @@ def load_both(dtype: torch.dtype = torch.float32):
     import gemma3_minimal as g3
 
     ours, tok = g3.load_pretrained("270m", dtype=dtype)
-    path = g3.weights.gguf_path()
+    path = g3.assets.gguf_path()
     theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
     return ours, theirs, tok
 

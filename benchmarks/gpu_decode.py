@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmarks")]
 import gemma3_minimal as g3  # noqa: E402
 from gemma3_minimal.generate import generate_ids  # noqa: E402
-from gemma3_minimal.layers import set_weight_layout  # noqa: E402
+from gemma3_minimal.fast import speed_up  # noqa: E402
 from common import median_time  # noqa: E402
 from hf_reference import hf_text_config  # noqa: E402
 
@@ -59,7 +59,7 @@ def random_models(cfg: g3.Gemma3Config, device: torch.device, dtype: torch.dtype
     ours = ours.to_empty(device=device)
     ours.lm_head.weight = ours.model.embed_tokens.weight  # to_empty unties
     ours.reset_parameters()
-    ours = set_weight_layout(ours.to(dtype).eval())
+    ours = speed_up(ours.to(dtype).eval())
     with torch.device(device):
         theirs = HFGemma3ForCausalLM(hf_text_config(cfg, "sdpa")).to(dtype).eval()
     missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
@@ -102,7 +102,7 @@ def tiny_greedy_equality(device: torch.device) -> None:
     cfg = g3.get_config("tiny")
     torch.manual_seed(0)
     cpu_model = g3.Gemma3ForCausalLM(cfg).eval()
-    dev_model = set_weight_layout(copy.deepcopy(cpu_model).to(device))
+    dev_model = speed_up(copy.deepcopy(cpu_model).to(device))
     prompt = torch.randint(0, cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(2)).tolist()
     reference = list(generate_ids(cpu_model, prompt, 48, stop_ids=()))
     on_device = list(generate_ids(dev_model, prompt, 48, stop_ids=()))

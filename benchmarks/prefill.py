@@ -48,7 +48,7 @@ def worker(library: str, length: int, runs: int) -> dict:
     else:
         from transformers import AutoModelForCausalLM
 
-        path = g3.weights.gguf_path()
+        path = g3.assets.gguf_path()
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
         step = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
     base = status_mb("VmRSS")

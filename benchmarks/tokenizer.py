@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from gemma3_minimal.tokenizer import Gemma3Tokenizer
-from gemma3_minimal.weights import gguf_path
+from gemma3_minimal.assets import gguf_path
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multilingual"
 

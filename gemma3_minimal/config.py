@@ -73,6 +73,7 @@ class Gemma3Config:
     rms_norm_eps: float = 1e-6
     pad_token_id: int = 0
     eos_token_id: int = 1
+    stop_token_ids: tuple[int, ...] = (1, 106)  # generation stops at <eos> or <end_of_turn> (generation_config.json)
     bos_token_id: int = 2
     image_token_id: int = 262_144  # <image_soft_token>: replaced by image features, never looked up
     vision: Optional[VisionConfig] = None  # None: text only

@@ -30,7 +30,10 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 STORE_FORMAT = "gemma3_minimal.teacher_store"
 STORE_VERSION = "1"
@@ -289,8 +292,6 @@ class TeacherStore:
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the used slots only, with a header that `load` checks."""
-        from safetensors.torch import save_file
-
         used = self.weights > 0
         tensors = {"ids": self.ids[used], "weights": self.weights[used], "counts": self.counts.flatten()}
         metadata = {
@@ -307,8 +308,6 @@ class TeacherStore:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "TeacherStore":
         """Read a store written by `save`; a truncated, corrupt or foreign file raises StoreError."""
-        from safetensors import SafetensorError, safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
@@ -425,8 +424,6 @@ def distill(
     next-token cross-entropy is recorded before the first step, every eval_every steps and at the end.
     progress=False hides the tqdm bar (notebooks that nbval compares).
     """
-    from tqdm.auto import tqdm
-
     _check_data(data)
     if isinstance(teacher_or_store, torch.Tensor):
         _check_cached_logits(teacher_or_store, data)

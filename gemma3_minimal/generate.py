@@ -1,18 +1,18 @@
 """Text generation with the KV cache: greedy, temperature, top-k and top-p sampling, streaming.
 
-The prompt is read once (prefill) into the cache; then each step feeds one token and reads the
-logits of the next. Generation stops at `<eos>` or `<end_of_turn>`.
+    prefill:  logits = model(prompt_ids, cache)        the prompt is read once into the cache
+    decode:   repeat  next = sample(logits[-1]);  logits = model([next], cache)
+
+Each step feeds one token and reads the logits of the next. Generation stops at a stop id of the
+config (`<eos>`, `<end_of_turn>`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
-
-EOS_ID, END_OF_TURN_ID = 1, 106
-STOP_IDS = (EOS_ID, END_OF_TURN_ID)
 
 Prompt = Union[str, Sequence[dict]]
 
@@ -46,29 +46,19 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def decode_step(model, ids: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-    """Logits [batch, vocab] after one new token per sequence, ids [batch, 1] at `positions` [1].
-
-    Pure tensor work: no checks, no Python counters (the caller advances `cache`). With a static
-    cache its shapes and addresses are the same at every step, so `torch.compile` traces it once
-    and, on a GPU with mode="reduce-overhead", replays it as one CUDA graph.
-    """
-    text = getattr(model.model, "language_model", model.model)  # multimodal models wrap the text model
-    return model.lm_head(text.blocks(text.embed(ids), positions, cache))[:, -1]
-
-
 @torch.no_grad()
 def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_ids: Sequence[int] = STOP_IDS, compile: bool = False, **prefill_inputs) -> Iterator[int]:
+                 stop_ids: Optional[Sequence[int]] = None, compile: bool = False, **prefill_inputs) -> Iterator[int]:
     """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`.
 
-    `prefill_inputs` go to the prompt's forward pass only (e.g. `pixel_values` for the images).
-    `compile=True` runs each step through `torch.compile(decode_step)` with a static cache: CUDA
-    graphs on a GPU; the first steps pay the compilation.
+    `stop_ids` default to `model.config.stop_token_ids`. `prefill_inputs` go to the prompt's
+    forward pass only (e.g. `pixel_values` for the images). `compile=True` runs the steps through
+    the performance layer's static cache and compiled step (`compiled.py`; `speed_up` sets it up).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    stop_ids = model.config.stop_token_ids if stop_ids is None else stop_ids
     device = next(model.parameters()).device
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long, device=device)[None]  # [1, T]
     max_len = ids.shape[1] + max_new_tokens
@@ -80,46 +70,21 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tem
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    cache = static_cache(model, max_len) if compile else model.new_cache(max_len=max_len)
-    logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
-    step = compiled_decode_step(device.type) if compile else None
-    for _ in range(max_new_tokens):
-        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]
-        token = int(next_id)
-        yield token
-        if token in stop_ids or cache.length == max_len:
-            return
-        if step is None:
-            logits = model(next_id[:, None], cache)[:, -1]
-        else:
-            positions = torch.full((1,), cache.length, device=device)
-            cache.advance(1)
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's logits are read: a graph may reuse them
-            logits = step(model, next_id[:, None], positions, cache)
-
-
-def static_cache(model, max_len: int):
-    """An empty static cache for at least `max_len` positions, kept on the model and reused.
-
-    A compiled step is specialized to its cache's size and (as a CUDA graph) to its buffers'
-    addresses: rounding the size up to a multiple of 256 and reusing the buffers lets later
-    prompts replay the same compiled step.
-    """
-    size = min(-(-max_len // 256) * 256, model.config.max_position_embeddings)
-    cache = getattr(model, "_static_cache", None)
-    w = model.lm_head.weight
-    if cache is None or cache.max_len != size or cache[0].k.device != w.device or cache[0].k.dtype != w.dtype:
-        cache = model.new_cache(max_len=size, static=True)
-        model.__dict__["_static_cache"] = cache  # a plain attribute: not a parameter, not in state_dict
-    cache.reset()
-    return cache
-
-
-@functools.lru_cache(maxsize=None)
-def compiled_decode_step(device_type: str):
-    """`decode_step` under torch.compile, made once per device type: CUDA graphs on a GPU."""
-    mode = "reduce-overhead" if device_type == "cuda" else None
-    return torch.compile(decode_step, fullgraph=True, mode=mode)
+    if compile:  # speed as a separate, visible choice: a static cache and a compiled step
+        if not hasattr(model, "compiled_decoding"):
+            raise ValueError("compile=True needs a model prepared by g3.speed_up(model) (load_pretrained does it)")
+        session = model.compiled_decoding(max_len)
+    else:
+        session = contextlib.nullcontext((model.new_cache(max_len=max_len), model))
+    with session as (cache, step):  # step(ids [1, 1], cache) -> logits [1, 1, vocab]
+        logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
+        for _ in range(max_new_tokens):
+            next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]
+            token = int(next_id)
+            yield token
+            if token in stop_ids or cache.length == max_len:
+                return
+            logits = step(next_id[:, None], cache)[:, -1]
 
 
 def encode_prompt(tok, prompt: Prompt) -> list[int]:
@@ -136,7 +101,7 @@ def stream(model, tok, prompt: Prompt, max_new_tokens: int = 32, **sampling) -> 
     new: list[int] = []
     shown = ""
     for token in generate_ids(model, encode_prompt(tok, prompt), max_new_tokens, **sampling):
-        if token in STOP_IDS:
+        if token in model.config.stop_token_ids:
             break
         new.append(token)
         text = tok.decode(new)

@@ -18,8 +18,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from tqdm.auto import tqdm
 
 from .config import GLOBAL, LOCAL, Gemma3Config, VisionConfig
+from .model import Gemma3Base, Gemma3ForCausalLM
+from .multimodal import Gemma3ForConditionalGeneration
+from .tokenizer import Gemma3Tokenizer
 
 TEXT_TYPE, MULTIMODAL_TYPE = "gemma3_text", "gemma3"
 INDEX_FILE, SINGLE_FILE = "model.safetensors.index.json", "model.safetensors"
@@ -229,16 +234,10 @@ def checkpoint_name_to_ours(name: str, multimodal: bool) -> str:
     return name
 
 
-def build_on_meta(cfg: Gemma3Config) -> nn.Module:
+def build_on_meta(cfg: Gemma3Config) -> Gemma3Base:
     """Gemma3ForCausalLM, or Gemma3ForConditionalGeneration when `cfg.vision` is set, with no storage."""
-    from .model import Gemma3ForCausalLM
-
     with torch.device("meta"):
-        if cfg.vision is None:
-            return Gemma3ForCausalLM(cfg)
-        from .multimodal import Gemma3ForConditionalGeneration
-
-        return Gemma3ForConditionalGeneration(cfg)
+        return Gemma3ForCausalLM(cfg) if cfg.vision is None else Gemma3ForConditionalGeneration(cfg)
 
 
 def loading_plan(model: nn.Module, tensors: dict[str, tuple[Path, list[int]]]) -> dict[Path, list[tuple[str, str]]]:
@@ -277,25 +276,18 @@ def _first(names: list[str], n: int = 10) -> str:
 
 
 def _place(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Put `tensor` in as parameter `name`, in the memory layout the model built it with."""
+    """Put `tensor` in as parameter `name` (replacing the meta tensor the model was built with)."""
     module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    built = getattr(module, leaf)
-    if built.stride() != tensor.stride():  # e.g. layers.Linear keeps its weight column-major
-        tensor = torch.empty_strided(built.shape, built.stride(), dtype=tensor.dtype, device=tensor.device).copy_(tensor)
-    setattr(module, leaf, nn.Parameter(tensor))
+    setattr(model.get_submodule(module_name), leaf, nn.Parameter(tensor))
 
 
 def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                  progress: bool = True) -> nn.Module:
+                  progress: bool = True) -> Gemma3Base:
     """The model in a Hugging Face Gemma 3 folder, in eval mode, every tensor cast to `dtype` on `device`.
 
     Returns Gemma3ForCausalLM for `gemma3_text` checkpoints, Gemma3ForConditionalGeneration for
     `gemma3` ones. Example: `load_hf_model("gemma-3-1b-it", dtype=torch.bfloat16)`.
     """
-    from safetensors import safe_open
-    from tqdm.auto import tqdm
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
@@ -308,14 +300,11 @@ def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32, device
         with safe_open(str(path), framework="pt", backend="pread") as f:
             for ours, theirs in names:
                 _place(model, ours, f.get_tensor(theirs).to(device=device, dtype=dtype))
-    text_model = model.model if cfg.vision is None else model.model.language_model
-    model.lm_head.weight = text_model.embed_tokens.weight  # tie the head again
+    model.tie_weights()  # the head reads the embedding table again
     return model.eval()
 
 
-def load_tokenizer(folder: str | Path):
+def load_tokenizer(folder: str | Path) -> Gemma3Tokenizer:
     """The folder's tokenizer.model when present, else the bundled Gemma 3 tokenizer (the same vocabulary)."""
-    from .tokenizer import Gemma3Tokenizer
-
     path = Path(folder) / "tokenizer.model"
     return Gemma3Tokenizer(path) if path.is_file() else Gemma3Tokenizer.from_pretrained()

@@ -1,8 +1,11 @@
 """The KV cache: a full buffer on global layers, a ring buffer of `sliding_window` slots on local ones.
 
+    global layer:  slot p holds position p                 [0 1 2 3 4 5 6 7 8 9 ...]  grows with the context
+    local layer:   slot p % window holds position p        [8 9 2 3 4 5 6 7]          window = 8: fixed size
+
 A local layer never looks further back than its window, so its cache can overwrite the oldest
-slot: position p lives in slot p % window. With 5 local layers to each global one, most of the
-cache stays a fixed size however long the context grows (Gemma 3 report, section 2.1).
+slot. With 5 local layers to each global one, most of the cache stays a fixed size however long
+the context grows (Gemma 3 report, section 2.1; Figures 5-6 measure the saving).
 Every slot remembers the position it holds (-1 when empty); masks are built from those positions.
 """
 
@@ -12,21 +15,20 @@ from typing import Optional
 
 import torch
 
-from .config import Gemma3Config
+from .config import LOCAL, Gemma3Config
 
 
 class LayerCache:
     """Keys and values of one layer: [batch, kv_heads, slots, head_dim] each, plus slot positions."""
 
     def __init__(self, batch_size: int, kv_heads: int, slots: int, head_dim: int, ring: bool,
-                 dtype: torch.dtype, device, static: bool = False):
+                 dtype: torch.dtype, device):
         shape = (batch_size, kv_heads, slots, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # position held by each slot
-        self.groups = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # image ids
+        self.image_ids = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # -1: text
         self.ring = ring
-        self.static = static  # one-token steps see every slot, so their shapes never change
 
     @property
     def slots(self) -> int:
@@ -38,11 +40,10 @@ class LayerCache:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               groups: Optional[torch.Tensor] = None):
+               image_ids: Optional[torch.Tensor] = None):
         """Store new keys/values k, v [B, K, T, D] at `positions` [T]; return what the queries attend to.
 
-        Returns (keys, values, key_positions, key_groups). A global layer returns its filled prefix,
-        or with `static` and T == 1 all its slots (empty ones hold position -1, which masks exclude).
+        Returns (keys, values, key_positions, key_image_ids). A global layer returns its filled prefix.
         A ring returns its slots after writing when T == 1 (the overwritten slot is the one that
         just left the window); for T > 1 it returns old slots and new keys together, since the
         chunk's first queries still need keys that its last ones push out.
@@ -52,47 +53,41 @@ class LayerCache:
             keys = torch.cat([self.k, k], dim=2)
             values = torch.cat([self.v, v], dim=2)
             key_pos = torch.cat([self.pos, positions])
-            key_groups = None if groups is None else torch.cat([self.groups, groups], dim=1)
-            self._write(k, v, positions, groups)
-            return keys, values, key_pos, key_groups
-        if self.ring or (self.static and T == 1):
-            self._write(k, v, positions, groups)
-            return self.k, self.v, self.pos, self._groups(groups, None)
+            key_image_ids = None if image_ids is None else torch.cat([self.image_ids, image_ids], dim=1)
+            self.write(k, v, positions, image_ids)
+            return keys, values, key_pos, key_image_ids
+        if self.ring:
+            self.write(k, v, positions, image_ids)
+            return self.k, self.v, self.pos, None if image_ids is None else self.image_ids
         start = int(positions[0])  # a global layer's positions continue its filled prefix
-        self.k[:, :, start:start + T] = k
-        self.v[:, :, start:start + T] = v
-        self.pos[start:start + T] = positions
-        if groups is not None:
-            self.groups[:, start:start + T] = groups
         end = start + T
-        return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end], self._groups(groups, end)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.pos[start:end] = positions
+        if image_ids is not None:
+            self.image_ids[:, start:end] = image_ids
+        return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end], None if image_ids is None else self.image_ids[:, :end]
 
-    def _groups(self, groups, end):
-        if groups is None:
-            return None
-        return self.groups if end is None else self.groups[:, :end]
-
-    def _write(self, k, v, positions, groups):
+    def write(self, k, v, positions, image_ids=None) -> None:
+        """Ring write: position p goes to slot p % slots; only the last `slots` positions are kept."""
         keep = min(k.shape[2], self.slots)  # only the last `slots` positions can still be seen
         k, v, positions = k[:, :, -keep:], v[:, :, -keep:], positions[-keep:]
         slot = positions % self.slots
         self.k.index_copy_(2, slot, k)
         self.v.index_copy_(2, slot, v)
         self.pos.index_copy_(0, slot, positions)
-        if groups is not None:
-            self.groups[:, slot] = groups[:, -keep:]
+        if image_ids is not None:
+            self.image_ids[:, slot] = image_ids[:, -keep:]
 
 
 class KVCache:
     """One LayerCache per layer for `max_len` positions; `nbytes` equals `memory.kv_cache_bytes`.
 
     With `sliding=False` every layer keeps a full buffer (the all-global layout, for comparison).
-    With `static=True` a one-token step has the same shapes at every position, and the buffers
-    keep fixed addresses: what `torch.compile` and CUDA graphs need (see `generate.decode_step`).
     """
 
     def __init__(self, cfg: Gemma3Config, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
-                 device="cpu", sliding: bool = True, static: bool = False):
+                 device="cpu", sliding: bool = True):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if max_len > cfg.max_position_embeddings:
@@ -103,20 +98,9 @@ class KVCache:
         self.length = 0  # positions written so far: the next token's position
         self.layers = []
         for kind in cfg.layer_types:
-            ring = sliding and kind == "sliding_attention"
+            ring = sliding and kind == LOCAL
             slots = min(cfg.sliding_window, max_len) if ring else max_len
-            layer = LayerCache(batch_size, cfg.num_key_value_heads, slots, cfg.head_dim, ring, dtype, device, static)
-            self.layers.append(layer)
-            if static:
-                for buffer in (layer.k, layer.v, layer.pos, layer.groups):
-                    torch._dynamo.mark_static_address(buffer)  # updated in place, never reallocated
-
-    def reset(self) -> None:
-        """Empty the cache in place (buffers keep their addresses, so a captured step stays valid)."""
-        for layer in self.layers:
-            layer.pos.fill_(-1)
-            layer.groups.fill_(-1)
-        self.length = 0
+            self.layers.append(LayerCache(batch_size, cfg.num_key_value_heads, slots, cfg.head_dim, ring, dtype, device))
 
     def advance(self, T: int) -> None:
         """Count T new positions, refusing more than the cache was built for."""

@@ -1,9 +1,12 @@
 """Gemma3ForCausalLM: scaled embeddings, a stack of pre- and post-normed blocks, a tied head.
 
     x = embed(ids) * sqrt(hidden)
-    for each block:  x = x + post_attn_norm(attn(input_norm(x)))
-                     x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
-    logits = norm(x) @ embed.T
+    for each block:  x = x + post_attn_norm(attn(input_norm(x)))      (report section 2.1: pre- and
+                     x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))        post-norm with RMSNorm)
+    logits = norm(x) @ embed.T                                          (the head is the embedding)
+
+A block's attention is local (sliding window, RoPE base 10k) or global (RoPE base 1M), as
+`config.layer_types` says: 5 local layers to each global one.
 
 Module names follow the checkpoint, so `state_dict()` keys equal transformers' Gemma3ForCausalLM.
 """
@@ -15,9 +18,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .config import Gemma3Config
-from .kv_cache import KVCache
-from .layers import Attention, GeGLU, Linear, RMSNorm
+from .config import LOCAL, Gemma3Config
+from .kv_cache import KVCache, LayerCache
+from .layers import Attention, GeGLU, RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
 
 
@@ -45,7 +48,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: Gemma3Config, layer_idx: int):
         super().__init__()
-        self.is_sliding = cfg.layer_types[layer_idx] == "sliding_attention"
+        self.is_sliding = cfg.layer_types[layer_idx] == LOCAL
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -53,9 +56,11 @@ class DecoderLayer(nn.Module):
         self.mlp = GeGLU(cfg.hidden_size, cfg.intermediate_size)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope, positions, cache=None, groups=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
+                cache: Optional[LayerCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         cos, sin = rope
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, groups))
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, image_ids)
+        x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
@@ -76,7 +81,7 @@ class Gemma3TextModel(nn.Module):
         return self.embed_tokens(input_ids) * scale
 
     def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cache: Optional[KVCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Hidden states [batch, seq, hidden] of inputs_embeds [batch, seq, hidden].
 
         Positions default to the ones after what `cache` holds (0, 1, ... without a cache).
@@ -93,10 +98,10 @@ class Gemma3TextModel(nn.Module):
             positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
         if cache is not None:
             cache.advance(T)
-        return self.blocks(inputs_embeds, positions, cache, groups)
+        return self.blocks(inputs_embeds, positions, cache, image_ids)
 
     def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
-               groups: Optional[torch.Tensor] = None) -> torch.Tensor:
+               image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
         cfg = self.config
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
@@ -108,50 +113,75 @@ class Gemma3TextModel(nn.Module):
         )
         for i, layer in enumerate(self.layers):
             rope = local_rope if layer.is_sliding else global_rope
-            x = layer(x, rope, positions, None if cache is None else cache[i], groups)
+            x = layer(x, rope, positions, None if cache is None else cache[i], image_ids)
         return self.norm(x)
 
 
-class Gemma3ForCausalLM(nn.Module):
+class Gemma3Base(nn.Module):
+    """What the text-only and the multimodal model share: a head tied to the embedding, random
+    init, the KV cache. Subclasses set `config`, `lm_head` and `text_model`."""
+
+    config: Gemma3Config
+    lm_head: nn.Linear
+
+    @property
+    def text_model(self) -> Gemma3TextModel:
+        raise NotImplementedError
+
+    def tie_weights(self) -> None:
+        """One [vocab, hidden] table for both ends: the head's logits are x @ embed.T."""
+        self.lm_head.weight = self.text_model.embed_tokens.weight
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random init as transformers does: normal(0, std) matrices, zero biases, norms at scale 1."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
+                module.weight.normal_(0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
+        """An empty KV cache for `max_len` positions, on the model's device and dtype (see KVCache)."""
+        w = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+
+
+class Gemma3ForCausalLM(Gemma3Base):
     """The Gemma 3 language model: `model(input_ids) -> logits [batch, seq, vocab]`."""
 
     def __init__(self, cfg: Gemma3Config):
         super().__init__()
         self.config = cfg
         self.model = Gemma3TextModel(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
-        self.model.embed_tokens.weight = self.lm_head.weight  # tied: one table for lookup and head
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         if not self.lm_head.weight.is_meta:
             self.reset_parameters()
 
-    @torch.no_grad()
-    def reset_parameters(self, std: float = 0.02) -> None:
-        """Random init as transformers does: normal(0, 0.02) matrices, zero norm weights (scale 1)."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std)
-            elif isinstance(module, RMSNorm):
-                module.weight.zero_()
-
-    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True, static: bool = False) -> KVCache:
-        """An empty KV cache for `max_len` positions, on the model's device and dtype (see KVCache)."""
-        w = self.model.embed_tokens.weight
-        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding, static=static)
+    @property
+    def text_model(self) -> Gemma3TextModel:
+        return self.model
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
-                inputs_embeds: Optional[torch.Tensor] = None, groups: Optional[torch.Tensor] = None,
+                inputs_embeds: Optional[torch.Tensor] = None, image_ids: Optional[torch.Tensor] = None,
                 last_only: bool = False) -> torch.Tensor:
         """Logits [batch, seq, vocab] (or [batch, 1, vocab] with `last_only`).
 
         Args:
             input_ids: [batch, seq] token ids; or pass `inputs_embeds` [batch, seq, hidden] instead.
             cache: a KVCache from `new_cache`; positions continue from `cache.length`.
-            groups: [batch, seq] image ids (-1 for text) for bidirectional attention within an image.
+            image_ids: [batch, seq] which image each token belongs to (-1 for text), for
+                bidirectional attention within an image.
         """
         if inputs_embeds is None:
             check_input_ids(self.config, input_ids)
             inputs_embeds = self.model.embed(input_ids)
-        h = self.model(inputs_embeds, cache=cache, groups=groups)
+        h = self.model(inputs_embeds, cache=cache, image_ids=image_ids)
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)

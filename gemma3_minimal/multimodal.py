@@ -20,11 +20,10 @@ import torch.nn as nn
 from PIL import Image
 
 from .config import Gemma3Config
-from .generate import STOP_IDS, generate_ids
+from .generate import generate_ids
 from .kv_cache import KVCache
-from .layers import Linear, RMSNorm
 from .masks import image_groups
-from .model import Gemma3TextModel, check_input_ids
+from .model import Gemma3Base, Gemma3TextModel, check_input_ids
 from .pan_and_scan import pan_and_scan, preprocess
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
 
@@ -41,7 +40,7 @@ class Gemma3Model(nn.Module):
         self.language_model = Gemma3TextModel(cfg)
 
 
-class Gemma3ForConditionalGeneration(nn.Module):
+class Gemma3ForConditionalGeneration(Gemma3Base):
     """Gemma 3 with images: `model(input_ids, pixel_values=...) -> logits [batch, seq, vocab]`."""
 
     def __init__(self, cfg: Gemma3Config):
@@ -50,29 +49,20 @@ class Gemma3ForConditionalGeneration(nn.Module):
             raise ValueError(f"config {cfg.name!r} has no vision tower; use Gemma3ForCausalLM or a 4b/12b/27b config")
         self.config = cfg
         self.model = Gemma3Model(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
-        self.model.language_model.embed_tokens.weight = self.lm_head.weight  # tied
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         if not self.lm_head.weight.is_meta:
             self.reset_parameters()
 
+    @property
+    def text_model(self) -> Gemma3TextModel:
+        return self.model.language_model
+
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
-        """Random init: normal(0, std) matrices and projection, zero biases, norms at scale 1."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-                module.weight.normal_(0.0, std)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
-            elif isinstance(module, RMSNorm):
-                module.weight.zero_()
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+        """Random init (see Gemma3Base), and the projector's bare weight matrix too."""
+        super().reset_parameters(std)
         self.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, std)
-
-    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True, static: bool = False) -> KVCache:
-        """An empty KV cache for `max_len` positions, on the model's device and dtype (see KVCache)."""
-        w = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding, static=static)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[images, 3, 896, 896] -> [images, 256, hidden]: SigLIP, then pool, norm and project."""
@@ -104,12 +94,12 @@ class Gemma3ForConditionalGeneration(nn.Module):
         text_ids = input_ids.masked_fill(is_image, cfg.pad_token_id)  # placeholders: never looked up
         check_input_ids(cfg, text_ids)
         x = self.model.language_model.embed(text_ids)  # [B, T, hidden], scaled by sqrt(hidden)
-        groups = None
+        image_ids = None
         if n_images:
             features = self.get_image_features(pixel_values)  # [N, 256, hidden], not scaled
             x = x.masked_scatter(is_image[..., None], features.to(x.dtype))
-            groups = image_groups(is_image)  # [B, T]: 0, 1, ... per image run, -1 for text
-        h = self.model.language_model(x, cache=cache, groups=groups)
+            image_ids = image_groups(is_image)  # [B, T]: 0, 1, ... per image run, -1 for text
+        h = self.model.language_model(x, cache=cache, image_ids=image_ids)
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)
@@ -185,7 +175,7 @@ def generate_with_images(model: Gemma3ForConditionalGeneration, processor: Gemma
     input_ids, pixel_values = processor(text, images)
     new = []
     for token in generate_ids(model, input_ids[0].tolist(), max_new_tokens, pixel_values=pixel_values, **sampling):
-        if token in STOP_IDS:
+        if token in model.config.stop_token_ids:
             break
         new.append(token)
     return processor.tok.decode(new)

@@ -20,10 +20,11 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import gguf
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from .weights import cache_dir, expected_sha256, gguf_path
+from .assets import cache_dir, expected_sha256, gguf_path
 
 # GGUF token types (llama.cpp) -> SentencePiece piece types; both number them the same way.
 _NORMAL, _UNKNOWN, _USER_DEFINED = 1, 2, 4
@@ -38,8 +39,6 @@ def build_model_proto(gguf_file: str | Path) -> bytes:
 
     Example: `spm.SentencePieceProcessor(model_proto=build_model_proto(gguf_path()))`.
     """
-    import gguf
-
     fields = gguf.GGUFReader(gguf_file).fields
     pieces = fields["tokenizer.ggml.tokens"]
     types = fields["tokenizer.ggml.token_type"]

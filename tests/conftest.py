@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def real_model():
-    from gemma3_minimal.weights import load_model
+    from gemma3_minimal.pretrained import load_model
 
     return load_model("270m")
 
@@ -16,7 +16,7 @@ def hf_real():
     """transformers' Gemma3ForCausalLM and tokenizer from the same GGUF file, float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gemma3_minimal.weights import gguf_path
+    from gemma3_minimal.assets import gguf_path
 
     path = gguf_path()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import gemma3_minimal as g3
-from gemma3_minimal.weights import load_gguf_state_dict, open_gguf, verify_gguf
+from gemma3_minimal.assets import gguf_path, verify_gguf
+from gemma3_minimal.gguf_checkpoint import load_gguf_state_dict, open_gguf
 
 TINY = g3.get_config("tiny")
 
@@ -53,7 +54,7 @@ def test_unknown_preset(name):
 
 
 def test_missing_gguf_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; call gemma3_minimal.weights.gguf_path"):
+    with pytest.raises(FileNotFoundError, match="does not exist; call gemma3_minimal.assets.gguf_path"):
         verify_gguf(tmp_path / "nothing.gguf")
 
 
@@ -66,7 +67,7 @@ def test_corrupt_gguf_file(tmp_path):
 
 
 def test_truncated_copy_of_the_real_gguf(tmp_path):
-    real = g3.weights.gguf_path()
+    real = gguf_path()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(real.read_bytes()[: 10_000_000])
     with pytest.raises(ValueError, match="corrupt"):

