@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -78,7 +78,7 @@ def _pool(model: Gemma3Base) -> list[StaticKVCache]:
 
 
 @contextlib.contextmanager
-def compiled_decoding(model: Gemma3Base, max_len: int) -> Iterator[tuple[StaticKVCache, callable]]:
+def compiled_decoding(model: Gemma3Base, max_len: int) -> Iterator[tuple[StaticKVCache, Callable]]:
     """An empty static cache of its own for one generation, and a compiled step(ids, cache) -> logits.
 
     Each generation running at the same time (interleaved streams, threads) gets its own cache;
