@@ -114,7 +114,7 @@ def setup(extra: str) -> None:
     elif not extras:
         print(f"{CONSTRAINTS.relative_to(ROOT)} or pyproject.toml changed since the last setup: "
               f"updating {VENV}.", flush=True)
-    wanted = [e for e in ("", extra) if e not in extras]
+    wanted = [e for e in dict.fromkeys(("", extra)) if e not in extras]
     print("Installing " + "; ".join(INSTALLS[e] for e in wanted) + ".", flush=True)
     install(f".[{extra}]" if extra else ".")
     STAMP.write_text(json.dumps({"inputs": setup_inputs(), "extras": sorted(extras | {"", extra})}) + "\n")
