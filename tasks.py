@@ -141,7 +141,11 @@ def lab() -> None:
         command.append("--allow-root")
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         command.append("--no-browser")  # no screen: no browser to open (nor a text one in this terminal)
-    command += args
+    serve([*command, *args])
+
+
+def serve(command: list[str]) -> None:
+    """Runs the JupyterLab `command`, shows its messages, then the URL it is running at; stops on Ctrl-C."""
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # breaks %matplotlib inline in the notebooks' kernels
     print("+", " ".join(command), flush=True)
@@ -165,7 +169,7 @@ def lab() -> None:
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), stop)
-    lines: queue.Queue[str | None] = queue.Queue()
+    lines: queue.Queue[str | None] = queue.Queue()  # the server's messages (stderr), None at the end
     threading.Thread(target=pump, args=(server.stderr, lines), daemon=True).start()
     running = False  # the server said where it is running
     urls: list[str] = []  # ... at these URLs
@@ -213,10 +217,10 @@ def print_banner(urls: list[str]) -> None:
     if wildcard:
         name = public.replace(host(public), socket.gethostname(), 1)
         lines += ["It listens on every address: from another machine use this machine's name or address,",
-                  f"e.g. {name}", "(from a container's host: the published port, as README.md shows)."]
+                  f"e.g. {name}", "(from a container's host: its published port, as README.md shows)."]
     elif Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         lines += ["In a container? Open it from outside with `python3 tasks.py lab --ip=0.0.0.0`",
-                  "and a published port (README.md: opening the course from another machine)."]
+                  "and a published port (README.md: from another machine or a container)."]
     lines.append("Stop it with Ctrl-C.")
     rule = "-" * 78
     print("\n".join([rule, *lines, rule]), flush=True)
