@@ -36,7 +36,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
     clips every value over 255 to white. A mode "I" image whose values fit 0..255 is already 8-bit.
     """
     values = np.asarray(image)
-    if image.mode == "I" and (values.size == 0 or 0 <= values.min() <= values.max() <= 255):
+    if image.mode == "I" and 0 <= values.min() <= values.max() <= 255:
         return image.convert("L")
     if values.min() < 0 or values.max() > 65535:
         raise ValueError(

@@ -116,8 +116,10 @@ class Gemma3Tokenizer:
             raise ValueError(f"control pieces must be written <name> so encode can find them in text: {odd}")
         markers = [self.sp.piece_to_id(p) for p in _IMAGE_MARKERS]
         has_images = all(self.sp.id_to_piece(i) == p for i, p in zip(markers, _IMAGE_MARKERS))
-        self.added_ids = {n: _IMAGE_TOKEN} if has_images else {}  # decoded like control pieces
-        self._skipped = {*self.special_ids, *self.added_ids, *(markers if has_images else [])}
+        self.added_ids = {n: _IMAGE_TOKEN} if has_images else {}  # after the pieces, as in the official tokenizer
+        self._added_by_piece = {p: i for i, p in self.added_ids.items()}
+        self._written = {**self.special_ids, **self.added_ids}  # decode writes these out one by one
+        self._skipped = {*self._written, *(markers if has_images else [])}  # skip_special_tokens drops these
 
     @classmethod
     def from_pretrained(cls) -> Gemma3Tokenizer:
@@ -154,6 +156,8 @@ class Gemma3Tokenizer:
 
     def piece_to_id(self, piece: str) -> int:
         """The id of a vocabulary entry. Example: `piece_to_id('<start_of_turn>')` -> `105`."""
+        if piece in self._added_by_piece:
+            return self._added_by_piece[piece]
         token_id = self.sp.piece_to_id(piece)
         if token_id == self.unk_id and piece != self.sp.id_to_piece(self.unk_id):
             raise KeyError(f"{piece!r} is not in the vocabulary")
@@ -185,17 +189,16 @@ class Gemma3Tokenizer:
         As the official tokenizer does, the image soft token (262,144, which only Gemma3Processor
         writes) decodes to `<image_soft_token>`, and skipping drops it and the image markers too.
         """
-        written = {**self.special_ids, **self.added_ids}
         parts: list[str] = []
         run: list[int] = []
         for token_id in ids:
             token_id = self._check_id(token_id)
             if skip_special_tokens and token_id in self._skipped:
                 continue  # dropped before decoding: byte pieces on either side join, as in transformers
-            if token_id in written:
+            if token_id in self._written:
                 parts.append(self.sp.decode(run))
                 run = []
-                parts.append(written[token_id])
+                parts.append(self._written[token_id])
             else:
                 run.append(token_id)
         parts.append(self.sp.decode(run))
@@ -220,11 +223,12 @@ class Gemma3Tokenizer:
     def _check_id(self, token_id: int) -> int:
         """An int id of a piece (or of the image soft token); floats and bools are refused, not truncated."""
         try:
-            if isinstance(token_id, bool):
-                raise TypeError
-            token_id = operator.index(token_id)  # ints, numpy ints, integer 0-d tensors
+            index = None if isinstance(token_id, bool) else operator.index(token_id)  # ints, numpy ints, int tensors
         except TypeError:
-            raise TypeError(f"token ids must be integers, got {token_id!r} ({type(token_id).__name__})") from None
+            index = None
+        if index is None:
+            raise TypeError(f"token ids must be integers, got {token_id!r} ({type(token_id).__name__})")
+        token_id = index
         if not 0 <= token_id < self.vocab_size and token_id not in self.added_ids:
             extra = f" or the image soft token {next(iter(self.added_ids))}" if self.added_ids else ""
             raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size}){extra}")

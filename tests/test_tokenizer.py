@@ -196,7 +196,7 @@ def test_image_soft_token_decodes_as_the_official_tokenizer(tok, ref):
     """Processor output decodes: the soft token (262,144) is `<image_soft_token>`, and skipping special
     tokens drops it and the image markers, which the GGUF's own tokenizer keeps (REFERENCE.md)."""
     ids = [2, 105, 2364, 107] + tok.encode("Look\n\n") + [255999] + [262144] * 3 + [256000] + tok.encode("\n\nnow")
-    assert tok.id_to_piece(262144) == "<image_soft_token>"
+    assert tok.id_to_piece(262144) == "<image_soft_token>" and tok.piece_to_id("<image_soft_token>") == 262144
     for skip in (False, True):
         assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
     assert tok.decode(ids, skip_special_tokens=True) == "user\nLook\n\n\n\nnow"
