@@ -13,13 +13,13 @@ from .distill import (
     sparse_cross_entropy,
 )
 from .fast import speed_up
-from .generate import generate, generate_ids, sample_next, stream
+from .generate import generate, generate_ids, generate_with_images, sample_next, stream
 from .kv_cache import KVCache
 from .layers import Attention, GeGLU, RMSNorm
 from .masks import attention_mask, causal_mask, image_groups, sliding_window_mask
 from .memory import count_parameters, kv_cache_bytes, parameter_breakdown, weight_bytes
 from .model import Gemma3Base, Gemma3ForCausalLM
-from .multimodal import Gemma3ForConditionalGeneration, Gemma3Processor, generate_with_images
+from .multimodal import Gemma3ForConditionalGeneration, Gemma3Processor
 from .pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .tokenizer import Gemma3Tokenizer, train_tokenizer

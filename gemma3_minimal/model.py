@@ -28,8 +28,9 @@ def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor) -> None:
     """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; use .long()")
+    if input_ids.dtype not in (torch.long, torch.int32):  # what the embedding lookup takes
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; "
+                        "use torch.long (or torch.int32): ids.long()")
     if input_ids.dim() != 2:
         raise ValueError(
             f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}; for one sequence use ids[None]"

@@ -13,6 +13,7 @@ by image features and never looked up. Module names follow transformers'
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -20,7 +21,6 @@ import torch.nn as nn
 from PIL import Image
 
 from .config import Gemma3Config
-from .generate import generate_ids
 from .kv_cache import KVCache
 from .masks import image_groups
 from .model import Gemma3Base, Gemma3TextModel, check_input_ids
@@ -83,6 +83,8 @@ class Gemma3ForConditionalGeneration(Gemma3Base):
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
         is_image = input_ids == cfg.image_token_id  # [B, T]
+        text_ids = input_ids.masked_fill(is_image, cfg.pad_token_id)  # placeholders: never looked up
+        check_input_ids(cfg, text_ids)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         n_soft, per_image = int(is_image.sum()), cfg.vision.mm_tokens_per_image
         if n_soft != n_images * per_image:
@@ -91,8 +93,6 @@ class Gemma3ForConditionalGeneration(Gemma3Base):
                 f"were given, which need {n_images} x {per_image} = {n_images * per_image}; "
                 "build the prompt with Gemma3Processor so each image placeholder gets its tokens"
             )
-        text_ids = input_ids.masked_fill(is_image, cfg.pad_token_id)  # placeholders: never looked up
-        check_input_ids(cfg, text_ids)
         x = self.model.language_model.embed(text_ids)  # [B, T, hidden], scaled by sqrt(hidden)
         image_ids = None
         if n_images:
@@ -168,14 +168,26 @@ class Gemma3Processor:
         return input_ids, pixel_values
 
 
-@torch.no_grad()
-def generate_with_images(model: Gemma3ForConditionalGeneration, processor: Gemma3Processor, text: str,
-                         images: Sequence[Image.Image], max_new_tokens: int = 32, **sampling) -> str:
-    """The continuation of a prompt with images (greedy by default), decoded with the KV cache."""
-    input_ids, pixel_values = processor(text, images)
-    new = []
-    for token in generate_ids(model, input_ids[0].tolist(), max_new_tokens, pixel_values=pixel_values, **sampling):
-        if token in model.config.stop_token_ids:
-            break
-        new.append(token)
-    return processor.tok.decode(new)
+def chat_images(messages: Sequence[dict], cfg: Gemma3Config) -> list[Image.Image]:
+    """The images of chat messages' `{"type": "image", "image": <PIL image or file path>}` items, in order.
+
+    Refuses image items for a config without a vision tower: a text-only model would read them as text.
+    """
+    items = [(i, j, item) for i, m in enumerate(messages) if isinstance(m.get("content"), (list, tuple))
+             for j, item in enumerate(m["content"]) if item.get("type") == "image"]
+    if items and cfg.vision is None:
+        raise ValueError(
+            f"the messages hold {len(items)} image item(s) (message {items[0][0]}, item {items[0][1]}) but config "
+            f"{cfg.name!r} is text-only; use a model with a vision tower (4b, 12b, 27b) or remove the images"
+        )
+    images = []
+    for i, j, item in items:
+        image = item.get("image")
+        if isinstance(image, (str, Path)):
+            image = Image.open(image)
+            image.load()  # read now (and close the file)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"message {i}, item {j}: an image item needs 'image': a PIL image or a file path, "
+                            f"got {image!r:.60}")
+        images.append(image)
+    return images

@@ -13,6 +13,7 @@ The rules and the crop arithmetic follow transformers' Gemma 3 image processor e
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -29,9 +30,30 @@ def _check_image(image: object) -> Image.Image:
     return image
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image (mode "I;16..." or "I") -> 8-bit "L" by round(v / 257), which maps 0..65535 onto
+    0..255 and undoes the usual 8 -> 16-bit widening (v * 257). PIL's own convert, and so transformers,
+    clips every value over 255 to white. A mode "I" image whose values fit 0..255 is already 8-bit.
+    """
+    values = np.asarray(image)
+    if image.mode == "I" and 0 <= values.min() <= values.max() <= 255:
+        return image.convert("L")
+    if values.min() < 0 or values.max() > 65535:
+        raise ValueError(
+            f"a mode {image.mode!r} image with values {values.min()}..{values.max()} is not 16-bit grey (0..65535); "
+            "scale it to 8 bits yourself, e.g. Image.fromarray(array_uint8, 'L')"
+        )
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparent pixels are composited onto white (as transformers does)."""
+    """Any PIL mode -> RGB; transparent pixels are composited onto white (as transformers does).
+
+    16-bit grey images are scaled to 8 bits first (`to_8bit`) instead of being clipped to white.
+    """
     _check_image(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = to_8bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -51,10 +73,10 @@ def pan_and_scan_boxes(
     n = round-half-up(long / short), at most floor(long / min_crop_size), clamped to
     [2, max_num_crops]; crops of ceil(long / n) along the long side, full extent along the short
     one; none at all if the ratio is under `min_ratio_to_activate` or a crop side is under
-    `min_crop_size`.
+    `min_crop_size`. A crop that would start past the edge (only with small crops and many of
+    them, e.g. 32x1646 at min_crop_size 32: 51 crops of 33) is left out; transformers' is empty.
     """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image has zero size ({width}x{height})")
+    check_pan_and_scan(width, height, min_crop_size, max_num_crops, min_ratio_to_activate)
     long, short = max(width, height), min(width, height)
     if long / short < min_ratio_to_activate:
         return []
@@ -68,9 +90,25 @@ def pan_and_scan_boxes(
         return []
     return [
         (x, y, min(x + crop_w, width), min(y + crop_h, height))
-        for y in range(0, crop_h * n_h, crop_h)
-        for x in range(0, crop_w * n_w, crop_w)
+        for y in range(0, min(crop_h * n_h, height), crop_h)
+        for x in range(0, min(crop_w * n_w, width), crop_w)
     ]
+
+
+def check_pan_and_scan(width: int, height: int, min_crop_size: int, max_num_crops: int,
+                       min_ratio_to_activate: float) -> None:
+    """Raise a clear error for sizes or Pan&Scan settings outside what the crop rule can use."""
+    for name, value, least in [("width", width, 0), ("height", height, 0), ("min_crop_size", min_crop_size, 1),
+                               ("max_num_crops", max_num_crops, 1)]:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if width == 0 or height == 0:
+        raise ValueError(f"image has zero size ({width}x{height})")
+    ratio = min_ratio_to_activate
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < math.inf:
+        raise ValueError(f"min_ratio_to_activate must be a finite number >= 0 (1 or less: every image), got {ratio!r}")
 
 
 def pan_and_scan(

@@ -14,10 +14,11 @@ make the ids equal to transformers' tokenizer loaded from the same file:
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import gguf
@@ -31,6 +32,10 @@ _NORMAL, _UNKNOWN, _USER_DEFINED = 1, 2, 4
 # Every control piece looks like `<name>`: one cheap regex finds candidates, a dict confirms them.
 _CONTROL_CANDIDATE = re.compile(r"<[^<>]+>")
 _SPACE = "\u2581"  # SentencePiece's visible space
+# The official tokenizer (transformers' Gemma 3 conversion) adds `<image_soft_token>` after the
+# SentencePiece pieces (id 262,144: Gemma3Processor's placeholder in input_ids) and counts it and
+# the image markers as special tokens; the GGUF has the markers as plain user-defined pieces.
+_IMAGE_TOKEN, _IMAGE_MARKERS = "<image_soft_token>", ("<start_of_image>", "<end_of_image>")
 _BUILD_VERSION = 1  # part of the cached file's name: bump it whenever build_model_proto changes
 
 
@@ -109,6 +114,12 @@ class Gemma3Tokenizer:
         odd = [p for p in self._special_by_piece if not _CONTROL_CANDIDATE.fullmatch(p)]
         if odd:
             raise ValueError(f"control pieces must be written <name> so encode can find them in text: {odd}")
+        markers = [self.sp.piece_to_id(p) for p in _IMAGE_MARKERS]
+        has_images = all(self.sp.id_to_piece(i) == p for i, p in zip(markers, _IMAGE_MARKERS))
+        self.added_ids = {n: _IMAGE_TOKEN} if has_images else {}  # after the pieces, as in the official tokenizer
+        self._added_by_piece = {p: i for i, p in self.added_ids.items()}
+        self._written = {**self.special_ids, **self.added_ids}  # decode writes these out one by one
+        self._skipped = {*self._written, *(markers if has_images else [])}  # skip_special_tokens drops these
 
     @classmethod
     def from_pretrained(cls) -> Gemma3Tokenizer:
@@ -140,10 +151,13 @@ class Gemma3Tokenizer:
 
     def id_to_piece(self, token_id: int) -> str:
         """The vocabulary entry of one id, `▁` for a space. Example: `id_to_piece(9259)` -> `'Hello'`."""
-        return self.sp.id_to_piece(self._check_id(token_id))
+        token_id = self._check_id(token_id)
+        return self.added_ids.get(token_id) or self.sp.id_to_piece(token_id)
 
     def piece_to_id(self, piece: str) -> int:
         """The id of a vocabulary entry. Example: `piece_to_id('<start_of_turn>')` -> `105`."""
+        if piece in self._added_by_piece:
+            return self._added_by_piece[piece]
         token_id = self.sp.piece_to_id(piece)
         if token_id == self.unk_id and piece != self.sp.id_to_piece(self.unk_id):
             raise KeyError(f"{piece!r} is not in the vocabulary")
@@ -154,6 +168,7 @@ class Gemma3Tokenizer:
         if not isinstance(text, str):
             hint = "; decode bytes to str first" if isinstance(text, (bytes, bytearray)) else ""
             raise TypeError(f"encode expects a str, got {type(text).__name__}: {text!r:.80}{hint}")
+        _check_utf8(text)
         ids = [self.bos_id] if add_bos else []
         start = 0
         if "<" in text:
@@ -171,16 +186,19 @@ class Gemma3Tokenizer:
         """Text of token ids; control pieces are written out unless skipped.
 
         Example: `decode([2, 10979])` -> `'<bos>Hi'`; with `skip_special_tokens=True` -> `'Hi'`.
+        As the official tokenizer does, the image soft token (262,144, which only Gemma3Processor
+        writes) decodes to `<image_soft_token>`, and skipping drops it and the image markers too.
         """
         parts: list[str] = []
         run: list[int] = []
         for token_id in ids:
             token_id = self._check_id(token_id)
-            if token_id in self.special_ids:
+            if skip_special_tokens and token_id in self._skipped:
+                continue  # dropped before decoding: byte pieces on either side join, as in transformers
+            if token_id in self._written:
                 parts.append(self.sp.decode(run))
                 run = []
-                if not skip_special_tokens:
-                    parts.append(self.special_ids[token_id])
+                parts.append(self._written[token_id])
             else:
                 run.append(token_id)
         parts.append(self.sp.decode(run))
@@ -203,10 +221,70 @@ class Gemma3Tokenizer:
         return self.vocab_size
 
     def _check_id(self, token_id: int) -> int:
-        token_id = int(token_id)
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        """An int id of a piece (or of the image soft token); floats and bools are refused, not truncated."""
+        try:
+            index = None if isinstance(token_id, bool) else operator.index(token_id)  # ints, numpy ints, int tensors
+        except TypeError:
+            index = None
+        if index is None:
+            raise TypeError(f"token ids must be integers, got {token_id!r} ({type(token_id).__name__})")
+        token_id = index
+        if not 0 <= token_id < self.vocab_size and token_id not in self.added_ids:
+            extra = f" or the image soft token {next(iter(self.added_ids))}" if self.added_ids else ""
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size}){extra}")
         return token_id
+
+
+def _check_utf8(text: str) -> None:
+    """Refuse lone surrogates (e.g. '\\ud800' from a broken decode): they are not characters and have no UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"text holds a lone surrogate {text[e.start]!r} at index {e.start}, which is not a character and "
+            "cannot be encoded as UTF-8; fix the source text (e.g. decode its bytes with errors='replace')"
+        ) from None
+
+
+def check_messages(messages: Sequence[dict]) -> None:
+    """Raise a clear error, naming the message, item and key, for chat messages the template cannot read.
+
+    A message is `{"role": ..., "content": str | [items]}`, an item `{"type": "text", "text": str}` or
+    `{"type": "image", ...}`; an optional system message comes first (a string or one text item), then
+    roles alternate user/assistant/user/...
+    """
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+                        f"got {type(messages).__name__}")
+    system = bool(messages) and isinstance(messages[0], Mapping) and messages[0].get("role") == "system"
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"message {i} must be a dict with 'role' and 'content', got {type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"message {i} has no {key!r} key; write {{'role': 'user', 'content': 'Hi'}}")
+        expected = "user" if (i - system) % 2 == 0 else "assistant"
+        if message["role"] != expected and not (i == 0 and system):
+            raise ValueError(f"message {i} has role {message['role']!r} where {expected!r} was expected; after an "
+                             "optional system message, roles must alternate user/assistant/user/...")
+        content = message["content"]
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, (list, tuple)):
+            raise TypeError(f"message {i} 'content' is {content!r:.40}; give a string or a list of "
+                            "{'type': 'text', 'text': ...} / {'type': 'image', ...} items")
+        for j, item in enumerate(content):
+            if not isinstance(item, Mapping) or "type" not in item:
+                raise ValueError(f"message {i}, item {j} must be a dict with a 'type' key ('text' or 'image'), "
+                                 f"got {item!r:.60}")
+            if item["type"] == "text" and not isinstance(item.get("text"), str):
+                raise ValueError(f"message {i}, item {j}: a text item needs a string under 'text', got {item!r:.60}")
+            if item["type"] not in ("text", "image"):
+                raise ValueError(f"message {i}, item {j} has type {item['type']!r}; "
+                                 "Gemma 3 reads 'text' and 'image' items")
+        if i == 0 and system and (len(content) != 1 or content[0]["type"] != "text"):
+            raise ValueError("message 0 (system): Gemma 3's template keeps only the text of its first item; give a "
+                             "string or one text item (images go in a user message)")
 
 
 def _content_text(content: str | Sequence[dict]) -> str:
@@ -226,6 +304,7 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) ->
     """Gemma 3's chat template as plain Python. Example: `render_chat([{"role": "user", "content": "Hi"}])`
     -> `'<bos><start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n'`.
     """
+    check_messages(messages)  # clear errors for missing keys, wrong types and roles out of turn
     prefix = ""
     if messages and messages[0]["role"] == "system":
         system = messages[0]["content"]
@@ -233,12 +312,6 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) ->
         messages = messages[1:]
     out = ["<bos>"]
     for i, message in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            raise ValueError(
-                f"message {i} has role {message['role']!r}; after an optional system message, "
-                "roles must alternate user/assistant/user/..."
-            )
         role = "model" if message["role"] == "assistant" else "user"
         out.append(f"<start_of_turn>{role}\n{prefix if i == 0 else ''}")
         out.append(f"{_content_text(message['content'])}<end_of_turn>\n")

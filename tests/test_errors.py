@@ -1,5 +1,6 @@
 """Bad input gets a clear error that says what was wrong (text model, weights, presets)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,9 @@ def tiny_model():
         (torch.tensor([[1, -1, 2]]), ValueError, "token id -1 is outside the vocabulary"),
         (torch.zeros((1, 0), dtype=torch.long), ValueError, "input_ids is empty"),
         (torch.tensor([[1.0, 2.0]]), TypeError, "integer token ids, got dtype torch.float32"),
+        (torch.tensor([[1, 2]], dtype=torch.uint8), TypeError, "dtype torch.uint8; use torch.long (or torch.int32)"),
+        (torch.tensor([[1, 2]], dtype=torch.int16), TypeError, "dtype torch.int16; use torch.long (or torch.int32)"),
+        (torch.tensor([[True, False]]), TypeError, "integer token ids, got dtype torch.bool"),
         (torch.tensor([1, 2, 3]), ValueError, "must be [batch, seq], got shape (3,)"),
         ([[1, 2, 3]], TypeError, "must be a torch.Tensor of token ids, got list"),
         (torch.zeros((1, TINY.max_position_embeddings + 1), dtype=torch.long), ValueError,
@@ -33,6 +37,49 @@ def test_bad_input_ids(tiny_model, ids, error, words):
     with pytest.raises(error) as info:
         tiny_model(ids)
     assert words in str(info.value)
+
+
+def test_int32_ids_equal_long_ids(tiny_model):
+    ids = torch.tensor([[2, 7, 300, 511]])
+    with torch.no_grad():
+        assert torch.equal(tiny_model(ids.int()), tiny_model(ids))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(prompt_ids=[2, 3.0]), TypeError, "prompt_ids must be integer token ids; item 1 is 3.0 (float)"),
+        (dict(prompt_ids=torch.tensor([2.7, 3.2])), TypeError, "item 0 is 2.7"),
+        (dict(prompt_ids=[2, True]), TypeError, "item 1 is True (bool)"),
+        (dict(prompt_ids=torch.tensor([[2, 3]])), TypeError, "item 0 is [2, 3] (list)"),
+        (dict(prompt_ids=[]), ValueError, "input_ids is empty"),
+        (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an integer, got 2.5"),
+        (dict(max_new_tokens=float("nan")), TypeError, "max_new_tokens must be an integer, got nan"),
+        (dict(max_new_tokens=True), TypeError, "max_new_tokens must be an integer, got True"),
+        (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0, got -1"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be a finite number >= 0 (0 is greedy), got nan"),
+        (dict(temperature=float("inf")), ValueError, "temperature must be a finite number >= 0 (0 is greedy), got inf"),
+        (dict(temperature="hot"), TypeError, "temperature must be a number, got 'hot'"),
+        (dict(top_k=0), ValueError, "top_k must be an integer >= 1 or None, got 0"),  # greedy: checked all the same
+        (dict(top_k=2.5), ValueError, "top_k must be an integer >= 1 or None, got 2.5"),
+        (dict(top_p=0.0), ValueError, "top_p must be a number in (0, 1] or None, got 0.0"),
+        (dict(top_p=float("nan")), ValueError, "top_p must be a number in (0, 1] or None, got nan"),
+        (dict(temperature=0.7, top_p=1.5), ValueError, "top_p must be a number in (0, 1] or None, got 1.5"),
+    ],
+)
+def test_bad_generation_settings(tiny_model, kwargs, error, words):
+    """Refused before the prompt is read, not truncated or sampled uniformly (inf), greedy or not."""
+    args = dict(prompt_ids=[2, 17, 30], max_new_tokens=3) | kwargs
+    with pytest.raises(error) as info:
+        next(g3.generate_ids(tiny_model, **args))
+    assert words in str(info.value)
+
+
+def test_integer_prompts_of_every_kind_generate_the_same(tiny_model):
+    ids = [2, 17, 30]
+    expected = list(g3.generate_ids(tiny_model, ids, max_new_tokens=4))
+    for same in (torch.tensor(ids), torch.tensor(ids, dtype=torch.int32), np.array(ids), tuple(ids)):
+        assert list(g3.generate_ids(tiny_model, same, max_new_tokens=4)) == expected
 
 
 def test_cache_overflow_is_refused(tiny_model):

@@ -1,16 +1,20 @@
 """Gemma3ForConditionalGeneration against transformers' (tiny text + tiny SigLIP, random weights)."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import Gemma3Config as HFGemma3Config
 from transformers import Gemma3ForConditionalGeneration as HFGemma3ForConditionalGeneration
 
-from gemma3_minimal import generate_ids, get_config
+from gemma3_minimal import Gemma3ForCausalLM, generate, generate_ids, generate_with_images, get_config
 from gemma3_minimal.config import TINY_VISION
-from gemma3_minimal.multimodal import (
-    Gemma3ForConditionalGeneration, Gemma3Processor, expand_prompt, generate_with_images,
-)
+from gemma3_minimal.generate import encode_prompt
+from gemma3_minimal.multimodal import Gemma3ForConditionalGeneration, Gemma3Processor, expand_prompt
+from gemma3_minimal.pan_and_scan import preprocess
+from gemma3_minimal.tokenizer import render_chat
 from hf_reference import hf_text_config
 from test_vision import hf_vision_config
 
@@ -130,17 +134,26 @@ def test_4b_parameter_count_on_meta() -> None:
 BOI_ID, EOI_ID = 400, 401  # the stand-in tokenizer's ids for <start_of_image>, <end_of_image>
 
 
+CONTROL = {"<bos>": 2, "<start_of_turn>": 105, "<end_of_turn>": 106}
+
+
 class CharTokenizer:
-    """A stand-in tokenizer within the tiny vocabulary: one id per character (the real one is in tokenizer.py)."""
+    """A stand-in tokenizer within the tiny vocabulary: one id per character, and the chat template's control
+    pieces as single ids (the real tokenizer is in tokenizer.py)."""
 
     def piece_to_id(self, piece: str) -> int:
         return {"<start_of_image>": BOI_ID, "<end_of_image>": EOI_ID}[piece]
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        return [2] * add_bos + [ord(c) for c in text]
+        pieces = re.split(f"({'|'.join(CONTROL)})", text)
+        return [2] * add_bos + [i for p in pieces for i in ([CONTROL[p]] if p in CONTROL else [ord(c) for c in p])]
 
     def decode(self, ids) -> str:
         return "".join(chr(i) for i in ids)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = True):
+        text = render_chat(messages, add_generation_prompt)
+        return self.encode(text) if tokenize else text
 
 
 def test_prompt_expansion_puts_original_then_crops() -> None:
@@ -179,6 +192,56 @@ def test_generate_with_images_runs_through_the_processor() -> None:
     text = generate_with_images(ours, proc, "Look <start_of_image>", [Image.new("RGB", (80, 60), "blue")],
                                 max_new_tokens=4)
     assert isinstance(text, str) and 0 < len(text) <= 4
+
+
+def image_chat(image) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": "Look at "}, {"type": "image", "image": image},
+                                         {"type": "text", "text": " now"}]}]
+
+
+def test_chat_with_an_image_is_the_image_sequence_where_the_item_is() -> None:
+    ours, _ = random_pair(seed=16)
+    tok, photo = CharTokenizer(), Image.new("RGB", (90, 70), "orange")
+    ids, inputs = encode_prompt(ours, tok, image_chat(photo))
+    assert ids == (tok.encode("<bos><start_of_turn>user\nLook at\n\n") + [BOI_ID] + [SOFT] * PER_IMAGE + [EOI_ID]
+                   + tok.encode("\n\nnow<end_of_turn>\n<start_of_turn>model\n"))
+    assert torch.equal(inputs["pixel_values"], preprocess(photo, TINY_VISION.image_size)[None])
+
+
+@pytest.mark.parametrize("pan_and_scan", [False, True])
+def test_chat_with_an_image_generates_as_generate_with_images(tmp_path, pan_and_scan: bool) -> None:
+    """`generate(model, tok, messages)` with an image item (a PIL image or a path) equals
+    `generate_with_images` on the template's text; Pan&Scan adds the wide photo's 3 crops."""
+    ours, _ = random_pair(seed=17)
+    tok = CharTokenizer()
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 900, 3), dtype=np.uint8))
+    photo.save(tmp_path / "photo.png")
+    processor = Gemma3Processor(tok, CFG, do_pan_and_scan=pan_and_scan)
+    expected = generate_with_images(ours, processor, render_chat(image_chat(photo)), [photo], max_new_tokens=6)
+    assert 0 < len(expected) <= 6
+    for image in (photo, tmp_path / "photo.png", str(tmp_path / "photo.png")):
+        assert generate(ours, tok, image_chat(image), max_new_tokens=6, pan_and_scan=pan_and_scan) == expected
+    assert encode_prompt(ours, tok, image_chat(photo), pan_and_scan)[1]["pixel_values"].shape[0] == 1 + 3 * pan_and_scan
+
+
+def test_images_in_chat_need_a_vision_tower_and_an_image() -> None:
+    text_only = Gemma3ForCausalLM(get_config("tiny"))
+    for item in ({"type": "image", "image": Image.new("RGB", (8, 8))}, {"type": "image"}):
+        messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, item]}]
+        with pytest.raises(ValueError, match=r"1 image item\(s\) \(message 0, item 1\) but config 'tiny' is text-only"):
+            generate(text_only, CharTokenizer(), messages)
+    ours, _ = random_pair(seed=18)
+    with pytest.raises(TypeError, match="message 0, item 1: an image item needs 'image': a PIL image or a file path"):
+        generate(ours, CharTokenizer(), image_chat(None))
+    with pytest.raises(FileNotFoundError):
+        generate(ours, CharTokenizer(), image_chat("no/such/photo.png"))
+
+
+def test_uint8_ids_are_refused_clearly() -> None:
+    ours, _ = random_pair(seed=19)
+    ids = torch.tensor([[CFG.bos_token_id, 7, 8]], dtype=torch.uint8)
+    with pytest.raises(TypeError, match="integer token ids, got dtype torch.uint8; use torch.long"):
+        ours(ids, pixel_values=pixels(1, seed=20))
 
 
 def test_processor_with_the_real_tokenizer() -> None:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from gemma3_minimal.pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess, preprocess_with_crops
+from gemma3_minimal.pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess, preprocess_with_crops, to_rgb
 
 PAS = dict(min_crop_size=256, max_num_crops=4, min_ratio_to_activate=1.2)
 HF_PAS = {f"pan_and_scan_{k}": v for k, v in PAS.items()}
@@ -18,6 +18,7 @@ def hf_boxes(width: int, height: int, **pas) -> list[tuple[int, int, int, int]]:
     cols = np.broadcast_to(np.arange(width)[None, :], (height, width))
     coords = np.stack([rows, cols])  # [2, H, W], channels first as the processor holds images
     crops = Gemma3ImageProcessorPil().pan_and_scan(coords, **{f"pan_and_scan_{k}": v for k, v in pas.items()})
+    crops = [c for c in crops if c.size]  # with small crops and many of them, the last slices can be empty
     return [(int(c[1, 0, 0]), int(c[0, 0, 0]), int(c[1, 0, -1]) + 1, int(c[0, -1, 0]) + 1) for c in crops]
 
 
@@ -88,9 +89,9 @@ def make_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
 
 IMAGES = [  # (mode, width, height): 14 images, several of them wide or tall enough for Pan&Scan
     ("RGB", 640, 480), ("RGB", 1500, 400), ("RGBA", 300, 900), ("L", 1200, 500), ("P", 896, 896),
-    ("P+transparency", 1100, 520), ("CMYK", 320, 200), ("LA", 640, 1300), ("I;16", 700, 300),
+    ("P+transparency", 1100, 520), ("CMYK", 320, 200), ("LA", 640, 1300), ("I", 700, 300),
     ("1", 900, 900), ("YCbCr", 1024, 256), ("F", 257, 700), ("PA", 100, 80), ("RGB", 3000, 600),
-]
+]  # 16-bit images: see test_16_bit_images_are_scaled_not_clipped
 
 
 @pytest.mark.parametrize("mode,width,height", IMAGES)
@@ -131,3 +132,66 @@ def test_non_image_is_refused(bad: object) -> None:
 def test_zero_size_boxes_are_refused() -> None:
     with pytest.raises(ValueError, match="zero size"):
         pan_and_scan_boxes(0, 100)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(min_crop_size=0), ValueError, "min_crop_size must be >= 1, got 0"),
+    (dict(min_crop_size=-5), ValueError, "min_crop_size must be >= 1"),
+    (dict(min_crop_size=25.5), TypeError, "min_crop_size must be an integer"),
+    (dict(max_num_crops=0), ValueError, "max_num_crops must be >= 1, got 0"),
+    (dict(max_num_crops=True), TypeError, "max_num_crops must be an integer"),
+    (dict(min_ratio_to_activate=float("nan")), ValueError, "min_ratio_to_activate must be a finite number >= 0"),
+    (dict(min_ratio_to_activate=float("inf")), ValueError, "min_ratio_to_activate must be a finite number >= 0"),
+    (dict(min_ratio_to_activate=-1), ValueError, "min_ratio_to_activate must be a finite number >= 0"),
+    (dict(width=1800.0), TypeError, "width must be an integer"),
+    (dict(height=-600), ValueError, "height must be >= 0"),
+])
+def test_bad_pan_and_scan_settings(kwargs: dict, error: type, words: str) -> None:
+    args = dict(width=1800, height=600, **PAS) | kwargs
+    with pytest.raises(error) as info:
+        pan_and_scan_boxes(**args)
+    assert words in str(info.value)
+    if "width" not in kwargs and "height" not in kwargs:
+        with pytest.raises(error):
+            pan_and_scan(Image.new("RGB", (1800, 600)), **{k: v for k, v in args.items() if k in PAS})
+
+
+@pytest.mark.parametrize("width,height,pas", [
+    (32, 1646, dict(min_crop_size=32, max_num_crops=448, min_ratio_to_activate=0.3)),  # 51 crops of 33: 1683 > 1646
+    (1646, 32, dict(min_crop_size=32, max_num_crops=448, min_ratio_to_activate=0.3)),
+    (3, 1000, dict(min_crop_size=1, max_num_crops=400, min_ratio_to_activate=1.0)),  # 333 crops of 4: 250 fit
+    (7, 7, dict(min_crop_size=1, max_num_crops=1, min_ratio_to_activate=0.0)),  # one crop: the whole image
+])
+def test_many_small_crops_tile_the_image(width: int, height: int, pas: dict) -> None:
+    """No inverted or empty boxes: the crops tile the image, equal to transformers' non-empty crops."""
+    boxes = pan_and_scan_boxes(width, height, **pas)
+    assert boxes == hf_boxes(width, height, **pas)
+    assert all(left < right and top < bottom for left, top, right, bottom in boxes)
+    assert sum((r - l) * (b - t) for l, t, r, b in boxes) == width * height
+    crops = pan_and_scan(Image.new("RGB", (width, height)), **pas)
+    assert [c.size for c in crops] == [(r - l, b - t) for l, t, r, b in boxes]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_16_bit_images_are_scaled_not_clipped(mode: str) -> None:
+    """16-bit grey (0..65535) becomes 8-bit by round(v / 257) instead of PIL's clip at 255 (pure white),
+    which transformers' processor inherits; then the pixels equal transformers' on that 8-bit image.
+    """
+    values = np.random.default_rng(0).integers(0, 65536, size=(300, 700)).astype(np.uint16)
+    values[0, :4] = [0, 257, 32896, 65535]  # 0, 1, 128, 255 in 8 bits
+    image = Image.fromarray(values.astype({"I;16": "<u2", "I;16B": ">u2", "I": "<i4"}[mode]))
+    assert image.mode == mode and np.array_equal(np.asarray(image), values)
+    eight = np.rint(values / 257).astype(np.uint8)
+    rgb = np.asarray(to_rgb(image))
+    assert rgb[0, :4, 0].tolist() == [0, 1, 128, 255] and np.array_equal(rgb, np.stack([eight] * 3, axis=-1))
+    assert rgb.mean() < 200  # PIL's convert gives nearly all 255
+    hf = Gemma3ImageProcessorPil(size={"height": 896, "width": 896}, do_pan_and_scan=True, **HF_PAS)
+    out = hf(images=Image.fromarray(eight, "L"), return_tensors="pt")
+    torch.testing.assert_close(preprocess_with_crops(image, 896, **PAS), out["pixel_values"], atol=1e-5, rtol=0)
+
+
+def test_mode_i_images_out_of_16_bit_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="values -5..300 is not 16-bit grey"):
+        preprocess(Image.fromarray(np.array([[-5, 300]], dtype=np.int32)))
+    small = Image.fromarray(np.array([[0, 7, 255]], dtype=np.int32))  # mode I holding 8-bit values
+    assert np.asarray(to_rgb(small))[0, :, 0].tolist() == [0, 7, 255]

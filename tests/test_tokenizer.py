@@ -5,10 +5,20 @@ import random
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from tokenizers import AddedToken
+from transformers import AutoTokenizer
+from transformers import Gemma3Processor as HFGemma3Processor
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from gemma3_minimal.tokenizer import Gemma3Tokenizer, render_chat, train_tokenizer
+from gemma3_minimal import get_config
 from gemma3_minimal.assets import gguf_path
+from gemma3_minimal.generate import encode_prompt
+from gemma3_minimal.multimodal import Gemma3ForConditionalGeneration
+from gemma3_minimal.tokenizer import Gemma3Tokenizer, render_chat, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = json.loads((Path(__file__).with_name("tokenizer_corpus.json")).read_text(encoding="utf-8"))
@@ -85,13 +95,26 @@ CONVERSATIONS = {
 }
 
 
+# The official tokenizer is the SentencePiece model plus these special tokens, as transformers'
+# conversion script (models/gemma3/convert_gemma3_weights.py) builds it: `<image_soft_token>` is added
+# as id 262,144, and the image markers, plain pieces in the GGUF, are special (skipped on decode).
+OFFICIAL_EXTRA_TOKENS = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                         "eoi_token": "<end_of_image>"}
+
+
 @pytest.fixture(scope="module")
 def ref():
-    """transformers' Gemma tokenizer read from the same GGUF: loaded once, it takes ~15 s."""
-    from transformers import AutoTokenizer
-
+    """transformers' Gemma tokenizer read from the same GGUF, with the official tokenizer's extra special
+    tokens: loaded once, it takes ~15 s on an idle machine.
+    """
     path = gguf_path()
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                        extra_special_tokens=OFFICIAL_EXTRA_TOKENS)
+    # extra_special_tokens names them (ref.boi_token, ...); mark them special in the backend too
+    ref.add_tokens([AddedToken(t, special=True, normalized=False) for t in OFFICIAL_EXTRA_TOKENS.values()],
+                   special_tokens=True)
+    assert ref.convert_tokens_to_ids(list(OFFICIAL_EXTRA_TOKENS.values())) == [262144, 255999, 256000]
+    return ref
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +150,7 @@ def test_decode_matches_transformers(tok, ref):
     for _ in range(200):
         ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 8))]
         ids += [rng.randrange(7, 7 + 256) for _ in range(rng.randint(0, 4))]  # the 256 byte pieces
-        ids += [rng.choice([0, 1, 2, 3, 4, 105, 106, 255999, 256000])]
+        ids += [rng.choice([0, 1, 2, 3, 4, 105, 106, 255999, 256000, 262144])]
         rng.shuffle(ids)
         for skip in (False, True):
             assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), ids
@@ -161,12 +184,98 @@ def test_encode_rejects_non_strings(tok, bad):
         tok.encode(bad)
 
 
-@pytest.mark.parametrize("bad", [-1, 262144, 10**9])
+@pytest.mark.parametrize("bad", [-1, 262145, 10**9])
 def test_decode_rejects_ids_outside_vocabulary(tok, bad):
     with pytest.raises(ValueError, match=f"token id {bad} "):
         tok.decode([2, bad])
     with pytest.raises(ValueError, match=f"token id {bad} "):
         tok.id_to_piece(bad)
+
+
+def test_image_soft_token_decodes_as_the_official_tokenizer(tok, ref):
+    """Processor output decodes: the soft token (262,144) is `<image_soft_token>`, and skipping special
+    tokens drops it and the image markers, which the GGUF's own tokenizer keeps (REFERENCE.md)."""
+    ids = [2, 105, 2364, 107] + tok.encode("Look\n\n") + [255999] + [262144] * 3 + [256000] + tok.encode("\n\nnow")
+    assert tok.id_to_piece(262144) == "<image_soft_token>" and tok.piece_to_id("<image_soft_token>") == 262144
+    for skip in (False, True):
+        assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
+    assert tok.decode(ids, skip_special_tokens=True) == "user\nLook\n\n\n\nnow"
+    # a skipped token is dropped before decoding: the two bytes of "é" around it still join
+    joined = [tok.piece_to_id("<0xC3>"), 255999, tok.piece_to_id("<0xA9>")]
+    assert tok.decode(joined, skip_special_tokens=True) == ref.decode(joined, skip_special_tokens=True) == "é"
+
+
+@pytest.mark.parametrize("bad", [1.7, 2.0, True, np.float32(3), torch.tensor(2.0), "2", None],
+                         ids=lambda b: repr(b))
+def test_decode_refuses_non_integer_ids(tok, bad):
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        tok.decode([2, bad])
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        tok.id_to_piece(bad)
+
+
+def test_decode_takes_any_integer_kind(tok):
+    assert tok.decode([np.int64(2), torch.tensor(10979)]) == tok.decode(torch.tensor([2, 10979])) == "<bos>Hi"
+
+
+@pytest.mark.parametrize("text, index", [("\ud800", 0), ("ok \udfff then", 3), ("\ud83d\ude00", 0)])
+def test_encode_refuses_lone_surrogates(tok, text, index):
+    """A surrogate code point is not a character (no UTF-8): a clear ValueError, not a pybind11 cast error."""
+    with pytest.raises(ValueError, match=f"lone surrogate .* at index {index}"):
+        tok.encode(text)
+
+
+USER = {"role": "user", "content": "Hi"}
+
+
+@pytest.mark.parametrize("messages, error, words", [
+    ([{"content": "Hi"}], ValueError, "message 0 has no 'role' key"),
+    ([USER, {"role": "assistant"}], ValueError, "message 1 has no 'content' key"),
+    ([{"role": "user", "content": None}], TypeError, "message 0 'content' is None"),
+    ([SYSTEM, {"role": "user", "content": 42}], TypeError, "message 1 'content' is 42"),
+    ([{"role": "user", "content": [{"text": "Hi"}]}], ValueError, "message 0, item 0 must be a dict with a 'type' key"),
+    ([{"role": "user", "content": ["Hi"]}], ValueError, "message 0, item 0 must be a dict with a 'type' key"),
+    ([SYSTEM, {"role": "user", "content": [{"type": "image"}, {"type": "text"}]}], ValueError,
+     "message 1, item 1: a text item needs a string under 'text'"),
+    ([{"role": "user", "content": [{"type": "text", "text": None}]}], ValueError, "message 0, item 0: a text item"),
+    ([{"role": "user", "content": [{"type": "audio"}]}], ValueError, "message 0, item 0 has type 'audio'"),
+    ([{"role": "system", "content": [{"type": "image"}]}, USER], ValueError, "message 0 (system)"),
+    ([SYSTEM, USER, USER], ValueError, "message 2 has role 'user' where 'assistant' was expected"),
+    ([{"role": None, "content": "Hi"}], ValueError, "message 0 has role None where 'user' was expected"),
+    ([USER, "Hello"], TypeError, "message 1 must be a dict"),
+    ("Hi", TypeError, "messages must be a list"),
+])
+def test_bad_chat_messages(tok, messages, error, words):
+    """Each bad message gets an error naming the message, the item and the key (not a bare KeyError)."""
+    for render in (render_chat, tok.apply_chat_template):
+        with pytest.raises(error) as info:
+            render(messages)
+        assert words in str(info.value)
+
+
+@pytest.mark.parametrize("pan_and_scan", [False, True])
+def test_chat_with_images_matches_transformers_processor(tok, ref, pan_and_scan):
+    """Image items become the image sequence where they stand (Pan&Scan crops after the original), with
+    the same ids and pixels as transformers' Gemma3Processor given the official chat template."""
+    wide, square = Image.new("RGB", (1200, 400), "red"), Image.new("RGB", (300, 300), "blue")
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": [{"type": "text", "text": "Compare "}, {"type": "image", "image": wide},
+                                     {"type": "text", "text": " with"}, {"type": "image", "image": square},
+                                     {"type": "text", "text": "please. "}]},
+        {"role": "assistant", "content": "Red, then blue."},
+        {"role": "user", "content": [{"type": "image", "image": square}]},
+    ]
+    with torch.device("meta"):  # only its config is read
+        model = Gemma3ForConditionalGeneration(get_config("4b"))
+    ids, inputs = encode_prompt(model, tok, messages, pan_and_scan)
+    theirs = HFGemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 896, "width": 896}),
+                               tokenizer=ref, chat_template=GEMMA3_CHAT_TEMPLATE)
+    out = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                     return_tensors="pt", processor_kwargs={"do_pan_and_scan": pan_and_scan})
+    assert ids == out["input_ids"][0].tolist()
+    assert inputs["pixel_values"].shape[0] == (3 + 3 if pan_and_scan else 3)  # the wide one has 3 crops
+    torch.testing.assert_close(inputs["pixel_values"], out["pixel_values"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("generation_prompt", [True, False])
