@@ -13,7 +13,8 @@ from .distill import (
     sparse_cross_entropy,
 )
 from .fast import speed_up
-from .generate import generate, generate_ids, generate_with_images, sample_next, stream
+from .chat import generate, generate_with_images, stream
+from .generate import generate_ids, sample_next
 from .kv_cache import KVCache
 from .layers import Attention, GeGLU, RMSNorm
 from .masks import attention_mask, causal_mask, image_groups, sliding_window_mask

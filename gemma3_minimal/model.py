@@ -18,30 +18,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .checks import check_input_ids
 from .config import LOCAL, Gemma3Config
 from .kv_cache import KVCache, LayerCache
 from .layers import Attention, GeGLU, RMSNorm
 from .rope import rope_cos_sin, rope_inv_freq
-
-
-def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor) -> None:
-    """Raise a clear error for ids that are not a [batch, seq] integer tensor within the vocabulary."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.dtype not in (torch.long, torch.int32):  # what the embedding lookup takes
-        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; "
-                        "use torch.long (or torch.int32): ids.long()")
-    if input_ids.dim() != 2:
-        raise ValueError(
-            f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}; for one sequence use ids[None]"
-        )
-    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
-    if not input_ids.is_meta:
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
 
 
 class DecoderLayer(nn.Module):

@@ -23,7 +23,8 @@ from PIL import Image
 from .config import Gemma3Config
 from .kv_cache import KVCache
 from .masks import image_groups
-from .model import Gemma3Base, Gemma3TextModel, check_input_ids
+from .checks import check_input_ids
+from .model import Gemma3Base, Gemma3TextModel
 from .pan_and_scan import pan_and_scan, preprocess
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
 

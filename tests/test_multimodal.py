@@ -11,7 +11,7 @@ from transformers import Gemma3ForConditionalGeneration as HFGemma3ForConditiona
 
 from gemma3_minimal import Gemma3ForCausalLM, generate, generate_ids, generate_with_images, get_config
 from gemma3_minimal.config import TINY_VISION
-from gemma3_minimal.generate import encode_prompt
+from gemma3_minimal.chat import encode_prompt
 from gemma3_minimal.multimodal import Gemma3ForConditionalGeneration, Gemma3Processor, expand_prompt
 from gemma3_minimal.pan_and_scan import preprocess
 from gemma3_minimal.tokenizer import render_chat

@@ -16,7 +16,7 @@ from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImagePr
 
 from gemma3_minimal import get_config
 from gemma3_minimal.assets import gguf_path
-from gemma3_minimal.generate import encode_prompt
+from gemma3_minimal.chat import encode_prompt
 from gemma3_minimal.multimodal import Gemma3ForConditionalGeneration
 from gemma3_minimal.tokenizer import Gemma3Tokenizer, render_chat, train_tokenizer
 
