@@ -254,6 +254,17 @@ class DistillHistory:
     eval_loss: list[float] = field(default_factory=list)  # next-token cross-entropy on eval_data
 
 
+def token_rows(ids: list[int], seq_len: int, bos_id: int) -> torch.Tensor:
+    """A token stream cut into training rows [n, seq_len], each `<bos>` then seq_len - 1 tokens (the rest dropped)."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (<bos> and one token), got {seq_len}")
+    n = len(ids) // (seq_len - 1)
+    if n == 0:
+        raise ValueError(f"{len(ids)} tokens do not fill one row of {seq_len - 1} tokens after <bos>")
+    rows = torch.tensor(ids[: n * (seq_len - 1)]).reshape(n, seq_len - 1)
+    return torch.cat([torch.full((n, 1), bos_id), rows], dim=1)  # [n, seq_len]
+
+
 def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Hard-label cross-entropy: logits at position t against the token at t + 1. tokens: [b, T]."""
     logits = model(tokens)  # [b, T, V]
