@@ -3,9 +3,6 @@
 from .config import GLOBAL, LOCAL, PRESETS, Gemma3Config, VisionConfig, get_config
 from .distill import (
     DistillHistory,
-    StoreError,
-    TeacherStore,
-    cache_teacher_logits,
     distill,
     full_distillation_loss,
     sample_teacher_targets,
@@ -23,6 +20,7 @@ from .model import Gemma3Base, Gemma3ForCausalLM
 from .multimodal import Gemma3ForConditionalGeneration, Gemma3Processor
 from .pan_and_scan import pan_and_scan, pan_and_scan_boxes, preprocess
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .teacher_store import StoreError, TeacherStore, cache_teacher_logits
 from .tokenizer import Gemma3Tokenizer, train_tokenizer
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
 from .pretrained import default_checkpoint, load_model, load_pretrained

@@ -1,7 +1,18 @@
 """Gemma 3 configurations as data: one frozen dataclass, one small override per size.
 
-Numbers come from the Gemma 3 Technical Report (arXiv 2503.19786) and the official configs.
 `layer_types` is the 5 local : 1 global pattern, starting with a local layer.
+
+Where the numbers come from:
+- The Gemma 3 Technical Report (arXiv 2503.19786) states the 5:1 local/global pattern starting
+  with a local layer, RoPE bases of 10k (local) and 1M (global), 128K context for 4B-27B and 32K
+  for 1B (section 2); a 1,024-token local span (section 1); the x8 RoPE rescaling of the 128K
+  models (section 5.3, "Enabling long context"); the 896x896 SigLIP encoder (section 2.1) and 256
+  image tokens (section 1; the 4x4 average pooling, section 5.5); a 262k vocabulary (section 2.2).
+- Everything else is from the published configs (`config.json` of each checkpoint): widths,
+  depths, head counts, head_dim, query_pre_attn_scalar, and the 512-token window of the 270M and
+  1B (the report only gives 1,024). The 270M was released after the report and is not in it.
+- vocab_size 262,144 is the tokenizer's; the official 4B-27B checkpoints carry 262,208 embedding
+  rows (padding), so their parameter counts differ slightly from this library's.
 """
 
 from __future__ import annotations
@@ -64,11 +75,11 @@ class Gemma3Config:
     num_key_value_heads: int = 1  # grouped-query attention: heads share K/V
     head_dim: int = 256
     query_pre_attn_scalar: float = 256  # attention scores are scaled by query_pre_attn_scalar ** -0.5
-    sliding_window: int = 512  # a local layer sees this many positions, itself included
+    sliding_window: int = 512  # a local layer sees this many positions, itself included (270M/1B configs)
     sliding_window_pattern: int = 6  # every 6th layer is global: 5 local : 1 global
     rope_local_base_freq: float = 10_000.0  # RoPE base on local layers
     rope_theta: float = 1_000_000.0  # RoPE base on global layers
-    rope_scaling_factor: float = 1.0  # linear positional interpolation on global layers (8 for 128K models)
+    rope_scaling_factor: float = 1.0  # linear positional interpolation on global layers (8 for 128K models, report 5.3)
     max_position_embeddings: int = 32_768  # context length
     rms_norm_eps: float = 1e-6
     pad_token_id: int = 0

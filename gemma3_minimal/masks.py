@@ -32,8 +32,9 @@ def attention_mask(
         k_pos: [..., Tk] absolute positions of the keys; negative marks an empty cache slot.
         sliding_window: a local layer sees keys with `q - window < k` (the query itself included).
         q_group, k_group: [..., Tq] / [..., Tk] image ids (-1 for text); tokens of one image see
-            each other in both directions (Gemma 3 report, section 2.1), also in local layers, where
-            the window still applies: AND(window, OR(causal, same image)), as transformers does.
+            each other in both directions, also in local layers, where the window still applies:
+            AND(window, OR(causal, same image)), as transformers does. The report's text does not
+            say this; it comes from the released implementations (transformers' Gemma 3 among them).
     Returns:
         [..., Tq, Tk] bool.
     """

@@ -22,6 +22,7 @@ ConfigLike = Union[Gemma3Config, str]
 # Bits stored per weight. "int4" ignores its per-channel scales (one per matrix row: < 0.1%);
 # "int4_blocks32" adds one bfloat16 scale per block of 32 weights (4 + 16/32 bits); "sfp8" is
 # the report's switched fp8, one byte per weight (Gemma 3 report, section 2.3 and Table 3).
+# The report names the formats but not their scale layouts or dtypes: those are assumptions here.
 WEIGHT_FORMAT_BITS: dict[str, float] = {"bf16": 16.0, "int4": 4.0, "int4_blocks32": 4.5, "sfp8": 8.0}
 
 

@@ -2,7 +2,9 @@
 
 A pair of channels (i, i + head_dim/2) is rotated by the angle `position * inv_freq[i]`.
 The 128K-context models (4B, 12B, 27B) interpolate positions on global layers: linear
-scaling x8 divides every frequency by 8 (Gemma 3 report, section 2.2).
+scaling x8 divides every frequency by 8. The report states the bases (10k local, 1M global) and
+positional interpolation in section 2 ("Long context") and the factor of 8 in section 5.3
+("Enabling long context": pre-trained at 32K, rescaled to 128K at the end of pre-training).
 """
 
 from __future__ import annotations

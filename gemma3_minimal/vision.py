@@ -2,7 +2,11 @@
 
 Gemma 3 (4B and larger) reads an 896x896 image with a SigLIP So400m ViT: 14x14 patches give a
 64x64 grid of 4096 vectors of width 1152. The projector average-pools the grid 4x4 down to
-16x16 = 256 vectors, RMS-normalizes them and projects them to the text width (report, section 2.1).
+16x16 = 256 vectors, RMS-normalizes them and projects them to the text width. The report gives
+the 400M SigLIP encoder at 896x896 (section 2.1), the 256 vectors per image (section 1) and the
+4x4 average pooling of the 896 encoder's output (section 5.5, "Impact of image resolution");
+the patch size, widths and the RMSNorm before the projection come from the released
+implementation and checkpoints.
 
 Module and parameter names are those of transformers' `SiglipVisionModel` and
 `Gemma3MultiModalProjector`, so their state dicts copy by name.

@@ -168,13 +168,35 @@ def draws(logits, k, seed):
 
 def target_teacher_probs(logits, k, seed):
     probs, drawn = draws(logits, k, seed)
-    kept = torch.zeros_like(probs).scatter(-1, drawn, 1.0) * probs
-    return kept / kept.sum(-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(-1, drawn, 1.0) * probs
 
 
 def target_counts(logits, k, seed):
     probs, drawn = draws(logits, k, seed)
     return torch.nn.functional.one_hot(drawn, probs.shape[-1]).sum(1).float()
+
+
+def target_count_reading(logits, k, seed):
+    """The count-based reading, written as a learner would: times drawn / k."""
+    return target_counts(logits, k, seed) / k
+
+
+def target_literal_reading(logits, k, seed):
+    """The report's literal reading, written another way: p of the drawn ids, zero elsewhere, renormalized."""
+    probs, drawn = draws(logits, k, seed)
+    kept = torch.where(torch.zeros_like(probs).scatter(-1, drawn, 1.0) > 0, probs, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("reading, name", [(target_literal_reading, "report's literal reading"),
+                                           (target_count_reading, "count-based reading")])
+def test_every_reading_of_the_report_passes_the_distillation_exercise(reading, name, capsys):
+    """No reading the report supports is called a mistake; the verdict explains the other one."""
+    result = ex.check_sampled_target(reading)
+    assert result.passed and result.mistake is None
+    out = capsys.readouterr().out
+    assert "✅" in out and f"That is the {name}" in out
+    assert "target='renormalized'" in out and "target='counts'" in out and "unbiased" in out
 
 
 WRONG_ANSWERS = [
@@ -202,8 +224,10 @@ WRONG_ANSWERS = [
     (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: cfg.sliding_window), "window_not_capped"),
     (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: min(cfg.sliding_window, n),
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
-    (ex.check_sampled_target, target_teacher_probs, "teacher_probs_renormalized"),
+    (ex.check_sampled_target, target_teacher_probs, "probs_not_renormalized"),
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
+    (ex.check_sampled_target, lambda logits, k, seed: (target_counts(logits, k, seed) > 0).float()
+     / (target_counts(logits, k, seed) > 0).sum(-1, keepdim=True), "uniform_over_drawn"),
 ]
 
 

@@ -199,12 +199,13 @@ def run_check(
     fallback_hint: str = "compare your function with the loop version above on this input, entry by entry.",
 ) -> CheckResult:
     """Run `fn` and `reference` on every case; return (and print) the verdict on the first mismatch."""
-    result = _verdict(exercise, fn, cases, reference, reference_name, mistakes, fallback_hint)
+    result = verdict(exercise, fn, cases, reference, reference_name, mistakes, fallback_hint)
     print(result.message)
     return result
 
 
-def _verdict(exercise, fn, cases, reference, reference_name, mistakes, fallback_hint) -> CheckResult:
+def verdict(exercise, fn, cases, reference, reference_name, mistakes=(), fallback_hint="") -> CheckResult:
+    """`run_check` without printing: for checkers that accept more than one right answer."""
     if not callable(fn):
         return CheckResult(exercise, False, f"❌ Pass the function itself: check_...({exercise}), "
                                             f"not the result of calling it (got {_describe(fn)}).")
