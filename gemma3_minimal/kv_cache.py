@@ -5,7 +5,8 @@
 
 A local layer never looks further back than its window, so its cache can overwrite the oldest
 slot. With 5 local layers to each global one, most of the cache stays a fixed size however long
-the context grows (Gemma 3 report, section 2.1; Figures 5-6 measure the saving).
+the context grows (the 5:1 pattern: Gemma 3 report, section 2; Figures 5-6 in section 5.2
+measure the saving).
 Every slot remembers the position it holds (-1 when empty); masks are built from those positions.
 """
 

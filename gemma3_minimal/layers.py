@@ -4,7 +4,7 @@
     GeGLU(x)     = down(gelu_tanh(gate(x)) * up(x))
     Attention(x) = o(softmax(q k^T / sqrt(query_pre_attn_scalar) + mask) v)
                    q = RoPE(RMSNorm(x Wq)), k = RoPE(RMSNorm(x Wk)), v = x Wv
-                   (QK-norm replaces Gemma 2's soft-capping, report section 2.1;
+                   (QK-norm replaces Gemma 2's soft-capping, report section 2;
                     H query heads share K kv heads: grouped-query attention)
 
 Parameter names follow the checkpoint (`q_proj`, `q_norm`, `gate_proj`, ...), so loading weights

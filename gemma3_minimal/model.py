@@ -1,7 +1,7 @@
 """Gemma3ForCausalLM: scaled embeddings, a stack of pre- and post-normed blocks, a tied head.
 
     x = embed(ids) * sqrt(hidden)
-    for each block:  x = x + post_attn_norm(attn(input_norm(x)))      (report section 2.1: pre- and
+    for each block:  x = x + post_attn_norm(attn(input_norm(x)))      (report section 2: pre- and
                      x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))        post-norm with RMSNorm)
     logits = norm(x) @ embed.T                                          (the head is the embedding)
 
@@ -26,7 +26,7 @@ from .rope import rope_cos_sin, rope_inv_freq
 
 
 class DecoderLayer(nn.Module):
-    """One block: attention and MLP, each wrapped in an RMSNorm before and after (Gemma 3 report, 2.1)."""
+    """One block: attention and MLP, each wrapped in an RMSNorm before and after (Gemma 3 report, section 2)."""
 
     def __init__(self, cfg: Gemma3Config, layer_idx: int):
         super().__init__()

@@ -18,14 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CITATION = re.compile(r"(?:§\s?|\b[Ss]ection\s|\breport,?\s)(\d{1,2}(?:\.\d{1,2})?)(?![\d.])")
 LOOK_BACK = 400  # characters before a citation in which its topic is looked for
 LOOK_AHEAD = 150  # ... and after it, when nothing before it names one
-# Wrong citations in files this branch may not edit; the lead applies the fix listed in the report,
-# then removes the entry here (the test fails while an entry is listed but already fixed).
-PENDING = {
-    ("gemma3_minimal/kv_cache.py", "the context grows (Gemma 3 report, section 2.1;"),
-    ("gemma3_minimal/layers.py", "(QK-norm replaces Gemma 2's soft-capping, report section 2.1;"),
-    ("gemma3_minimal/model.py", "(report section 2.1: pre- and"),
-    ("gemma3_minimal/model.py", "each wrapped in an RMSNorm before and after (Gemma 3 report, 2.1)"),
-}
+# Citations known to be wrong and waiting for a fix, as (file, text); the test fails while an entry
+# is listed but already fixed. None today.
+PENDING: set[tuple[str, str]] = set()
 
 
 def sources() -> dict[str, str]:
