@@ -22,8 +22,8 @@ def attention_mask(
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
     sliding_window: Optional[int] = None,
-    q_group: Optional[torch.Tensor] = None,
-    k_group: Optional[torch.Tensor] = None,
+    q_image_ids: Optional[torch.Tensor] = None,
+    k_image_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Which keys each query sees, from positions.
 
@@ -31,7 +31,7 @@ def attention_mask(
         q_pos: [..., Tq] absolute positions of the queries.
         k_pos: [..., Tk] absolute positions of the keys; negative marks an empty cache slot.
         sliding_window: a local layer sees keys with `q - window < k` (the query itself included).
-        q_group, k_group: [..., Tq] / [..., Tk] image ids (-1 for text); tokens of one image see
+        q_image_ids, k_image_ids: [..., Tq] / [..., Tk] image ids (-1 for text); tokens of one image see
             each other in both directions, also in local layers, where the window still applies:
             AND(window, OR(causal, same image)), as transformers does. The report's text does not
             say this; it comes from the released implementations (transformers' Gemma 3 among them).
@@ -41,8 +41,8 @@ def attention_mask(
     q = q_pos.unsqueeze(-1)  # [..., Tq, 1]
     k = k_pos.unsqueeze(-2)  # [..., 1, Tk]
     allowed = k <= q
-    if q_group is not None and k_group is not None:
-        same_image = (q_group.unsqueeze(-1) == k_group.unsqueeze(-2)) & (q_group.unsqueeze(-1) >= 0)
+    if q_image_ids is not None and k_image_ids is not None:
+        same_image = (q_image_ids.unsqueeze(-1) == k_image_ids.unsqueeze(-2)) & (q_image_ids.unsqueeze(-1) >= 0)
         allowed = allowed | same_image
     if sliding_window is not None:
         if sliding_window < 1:
