@@ -100,11 +100,17 @@ class Gemma3TextModel(nn.Module):
 
 
 class Gemma3Base(nn.Module):
-    """What the text-only and the multimodal model share: a head tied to the embedding, random
-    init, the KV cache. Subclasses set `config`, `lm_head` and `text_model`."""
+    """What the text-only and the multimodal model share: `model` (named as in the checkpoint), a
+    head tied to the embedding, random init, the KV cache. Subclasses say where `text_model` is."""
 
-    config: Gemma3Config
-    lm_head: nn.Linear
+    def __init__(self, cfg: Gemma3Config, model: nn.Module):
+        super().__init__()
+        self.config = cfg
+        self.model = model
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        if not self.lm_head.weight.is_meta:
+            self.reset_parameters()
 
     @property
     def text_model(self) -> Gemma3TextModel:
@@ -137,13 +143,7 @@ class Gemma3ForCausalLM(Gemma3Base):
     """The Gemma 3 language model: `model(input_ids) -> logits [batch, seq, vocab]`."""
 
     def __init__(self, cfg: Gemma3Config):
-        super().__init__()
-        self.config = cfg
-        self.model = Gemma3TextModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.tie_weights()
-        if not self.lm_head.weight.is_meta:
-            self.reset_parameters()
+        super().__init__(cfg, Gemma3TextModel(cfg))
 
     @property
     def text_model(self) -> Gemma3TextModel:

@@ -45,15 +45,9 @@ class Gemma3ForConditionalGeneration(Gemma3Base):
     """Gemma 3 with images: `model(input_ids, pixel_values=...) -> logits [batch, seq, vocab]`."""
 
     def __init__(self, cfg: Gemma3Config):
-        super().__init__()
         if cfg.vision is None:
             raise ValueError(f"config {cfg.name!r} has no vision tower; use Gemma3ForCausalLM or a 4b/12b/27b config")
-        self.config = cfg
-        self.model = Gemma3Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.tie_weights()
-        if not self.lm_head.weight.is_meta:
-            self.reset_parameters()
+        super().__init__(cfg, Gemma3Model(cfg))
 
     @property
     def text_model(self) -> Gemma3TextModel:

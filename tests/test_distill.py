@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from gemma3_minimal.distill import (
     TARGETS,
@@ -24,20 +23,9 @@ from gemma3_minimal.distill import (
     sampled_distillation_loss,
     sparse_cross_entropy,
 )
+from stub_models import Bigram
 
 Z = 5.0  # standard errors allowed: a false alarm per comparison has probability < 6e-7
-
-
-class Bigram(nn.Module):
-    """A stub causal LM: the logits at a position depend on that position's token only."""
-
-    def __init__(self, vocab: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
-        nn.init.normal_(self.table.weight, std=scale)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.table(input_ids)  # [b, T, V]
 
 
 def dense(ids: torch.Tensor, weights: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from gemma3_minimal.distill import TARGETS, distill, sample_teacher_targets, sparse_cross_entropy, tokens_sha256
 from gemma3_minimal.teacher_store import (
@@ -17,18 +16,7 @@ from gemma3_minimal.teacher_store import (
     full_distribution_bytes,
     store_sha256,
 )
-
-
-class Bigram(nn.Module):
-    """A stub causal LM: the logits at a position depend on that position's token only."""
-
-    def __init__(self, vocab: int, scale: float = 1.0) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
-        nn.init.normal_(self.table.weight, std=scale)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.table(input_ids)  # [b, T, V]
+from stub_models import Bigram
 
 
 def saved_store(tmp_path, target="renormalized"):
