@@ -72,10 +72,10 @@ def learner_source(source: str) -> str:
 def nbgrader_metadata(source: str) -> dict | None:
     """nbgrader's metadata for a cell: a solution cell, a graded and locked check cell, or None (an ordinary cell)."""
     if BEGIN in source:
-        name = re.search(r"^def (\w+)", source, flags=re.M)
-        if name is None:
+        names = re.findall(r"^def (\w+)", source, flags=re.M)  # the last one is the function checked
+        if not names:
             raise ValueError(f"a solution cell without a function definition:\n{source}")
-        return {"grade": False, "grade_id": name.group(1), "locked": False, "schema_version": NBGRADER_SCHEMA,
+        return {"grade": False, "grade_id": names[-1], "locked": False, "schema_version": NBGRADER_SCHEMA,
                 "solution": True, "task": False}
     check = CHECK.match(source)
     if check:

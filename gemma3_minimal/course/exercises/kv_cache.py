@@ -208,7 +208,8 @@ def _nucleus(logits: torch.Tensor, top_p: float, keep_crossing: bool = True) -> 
 
 
 @torch.no_grad()
-def _generate(model, prompt_ids, max_new_tokens, top_p, seed, keep_crossing=True, greedy=False, cache=True):
+def _generate(model, prompt_ids, max_new_tokens, top_p, seed, keep_crossing=True, greedy=False, cache=True,
+              sorted_draw=False):
     gen = torch.Generator().manual_seed(seed)
     kv = model.new_cache(len(prompt_ids) + max_new_tokens)
     logits = model(torch.tensor([prompt_ids]), kv)[:, -1]
@@ -216,6 +217,9 @@ def _generate(model, prompt_ids, max_new_tokens, top_p, seed, keep_crossing=True
     for _ in range(max_new_tokens):
         if greedy:
             token = int(logits.argmax(-1))
+        elif sorted_draw:  # the same nucleus, drawn from in sorted order
+            probs, order = _nucleus(logits, top_p, keep_crossing).sort(descending=True)
+            token = int(order[0, torch.multinomial(probs, 1, generator=gen)])
         else:
             token = int(torch.multinomial(_nucleus(logits, top_p, keep_crossing), 1, generator=gen))
         out.append(token)
@@ -237,6 +241,9 @@ GENERATE_MISTAKES = (
     Mistake("top_p_drops_crossing_token", "the nucleus is the smallest set whose probability *reaches* top_p: keep "
             "the token that crosses it (drop a token only when the probability before it is already >= top_p).",
             lambda m, p, n, tp, s: _generate(m, p, n, tp, s, keep_crossing=False)),
+    Mistake("drawn_in_sorted_order", "scatter the kept probabilities back to vocabulary order before "
+            "`torch.multinomial`: the same nucleus drawn from in sorted order gives other tokens for the same seed.",
+            lambda m, p, n, tp, s: _generate(m, p, n, tp, s, sorted_draw=True)),
     Mistake("greedy", "sample: `torch.multinomial(probs, 1, generator=generator)` from the top-p probabilities, "
             "not argmax.", lambda m, p, n, tp, s: _generate(m, p, n, tp, s, greedy=True)),
     Mistake("cache_not_passed", "feed each new token together with the cache, `model(ids, cache)`: without it the "
