@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from gemma3_minimal import rope
 from gemma3_minimal.course import exercises as ex
 from gemma3_minimal.course.exercises.masks import _window_cases as window_cases
+from gemma3_minimal.course.exercises.predictions import PREDICTIONS
 from gemma3_minimal.masks import sliding_window_mask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -506,7 +507,8 @@ def test_solution_notebooks_carry_their_nbgrader_metadata():
         nb = nbformat.read(path, as_version=4)
         solutions = [c for c in nb.cells if make_exercises.BEGIN in c.source]
         checks = [c for c in nb.cells if c.source.startswith("result = check_")]
-        assert len(checks) == len(solutions)
+        predictions = [c for c in solutions if c.source.startswith("def predict_")]  # practice, not graded
+        assert len(checks) + len(predictions) == len(solutions)
         assert all(c.metadata["nbgrader"]["solution"] and not c.metadata["nbgrader"]["grade"] for c in solutions)
         assert all(c.metadata["nbgrader"]["grade"] and c.metadata["nbgrader"]["locked"]
                    and c.metadata["nbgrader"]["points"] >= 1 for c in checks)
@@ -559,3 +561,43 @@ def test_checkers_start_with_the_visible_case_then_edges_and_random_inputs():
     assert cases[0] == (8, 4)  # the notebook's picture
     assert {(1, 1), (3, 5), (4, 4)} <= set(cases)  # one token, window past the end, window = length
     assert len(set(cases)) == len(cases) > 10
+
+
+# --- predict, then run --------------------------------------------------------------------------
+
+
+def test_every_core_notebook_has_a_prediction_and_its_worked_answer_is_right(capsys):
+    used = set()
+    for path in solution_notebooks():
+        if path.name in FEWER_THAN_TWO_FOR_NOW:
+            continue
+        nb = nbformat.read(path, as_version=4)
+        calls = [re.match(r'check_prediction\("(\w+)", (\w+)\)', c.source) for c in nb.cells if c.cell_type == "code"]
+        calls = [m for m in calls if m]
+        assert len(calls) == 1, path.name
+        key, function = calls[0].groups()
+        result = ex.check_prediction(key, solution_functions(path.name)[function])
+        assert result.passed, result.message
+        used.add(key)
+    assert used == set(PREDICTIONS)
+
+
+def test_a_prediction_is_explained_whether_right_or_wrong():
+    right = ex.check_prediction("kv_27b_128k", lambda: (10.2, 63))  # sizes in GiB: within 5%
+    assert right.passed and "Why: 62 layers" in right.message
+    wrong = ex.check_prediction("kv_27b_128k", lambda: (62, 62))
+    assert not wrong.passed and "the library computes (10.41, 62.0)" in wrong.message and "Why:" in wrong.message
+    off_by_one = ex.check_prediction("first_visible_key", lambda: 188)  # counts are exact
+    assert not off_by_one.passed and "700 - 512 + 1 = 189" in off_by_one.message
+    assert not ex.check_prediction("soft_tokens", lambda: 256).passed  # a tuple was asked
+    assert "a tuple of 2 numbers" in ex.check_prediction("soft_tokens", lambda: 256).message
+
+
+def test_an_unwritten_prediction_and_an_unknown_question():
+    def predict_x():
+        raise NotImplementedError("replace this line with your code")
+
+    result = ex.check_prediction("chat_tokens", predict_x)
+    assert not result.passed and "not written yet" in result.message and "Why" not in result.message
+    with pytest.raises(ValueError, match="unknown prediction 'nope'; the questions are: chat_tokens"):
+        ex.check_prediction("nope", predict_x)
