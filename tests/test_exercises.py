@@ -403,10 +403,13 @@ WRONG_ANSWERS = [
 ]
 
 
-def known_hint(mistake: str) -> str:
+def mistake_tables() -> list:
     chapters = [m for m in vars(ex).values() if isinstance(m, types.ModuleType)]  # one module per chapter
-    tables = [v for chapter in chapters for k, v in vars(chapter).items() if k.endswith("_MISTAKES")]
-    return next(m.hint for table in tables for m in table if m.name == mistake)
+    return [v for chapter in chapters for k, v in vars(chapter).items() if k.endswith("_MISTAKES")]
+
+
+def known_hint(mistake: str) -> str:
+    return next(m.hint for table in mistake_tables() for m in table if m.name == mistake)
 
 
 @pytest.mark.parametrize("checker, wrong, mistake", WRONG_ANSWERS, ids=[w[2] for w in WRONG_ANSWERS])
@@ -424,8 +427,8 @@ def test_each_checker_is_tested_against_two_different_mistakes():
 
 
 def test_mistake_names_are_unique():
-    names = [m.name for k, v in vars(ex).items() if k.endswith("_MISTAKES") for m in v]
-    assert len(names) == len(set(names))
+    names = [m.name for table in mistake_tables() for m in table]
+    assert len(names) > 50 and len(names) == len(set(names))
 
 
 # --- how a learner's failures are reported ------------------------------------------------------

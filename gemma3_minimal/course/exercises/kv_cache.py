@@ -157,7 +157,7 @@ COUNT_MISTAKES = (
             "outputs, not num_attention_heads x head_dim.", lambda c: _counts(c, kv_heads=c.num_attention_heads)),
     Mistake("mlp_two_matrices", "the GeGLU MLP has three matrices: gate, up (hidden -> intermediate) and down.",
             lambda c: _counts(c, mlp_matrices=2)),
-    Mistake("no_qk_norm", "each block also has the QK-norm weights: q_norm and k_norm, head_dim each.",
+    Mistake("qk_norm_not_counted", "each block also has the QK-norm weights: q_norm and k_norm, head_dim each.",
             lambda c: _counts(c, qk_norm=False)),
     Mistake("two_norms_per_block", "a Gemma 3 block has four RMSNorms of width hidden: before and after attention, "
             "before and after the MLP.", lambda c: _counts(c, block_norms=2)),
