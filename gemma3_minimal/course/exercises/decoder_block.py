@@ -173,7 +173,7 @@ ATTENTION_MISTAKES = (
             "which is not always head_dim ** -0.5 (the 27B: 168 against 128).",
             lambda a, x, c, s: _attention(a, x, c, s, scaling=a.head_dim**-0.5)),
     Mistake("no_qk_norm", "normalize queries and keys per head with `attn.q_norm` / `attn.k_norm` (QK-norm, "
-            "report §2.1) before RoPE.", lambda a, x, c, s: _attention(a, x, c, s, qk_norm=False)),
+            "report §2) before RoPE.", lambda a, x, c, s: _attention(a, x, c, s, qk_norm=False)),
     Mistake("rope_before_norm", "QK-norm comes first, then RoPE: q = RoPE(q_norm(q)). RMSNorm with a weight "
             "does not commute with the rotation.", lambda a, x, c, s: _attention(a, x, c, s, rope_first=True)),
     Mistake("no_window", "a local layer (`attn.sliding_window` is not None) sees only the last `sliding_window` "
@@ -211,7 +211,7 @@ def _block(block, x, cos, sin, post_norms=True, norm_residual=False, mlp_from_in
 
 
 BLOCK_MISTAKES = (
-    Mistake("no_post_norms", "Gemma 3 normalizes both *before and after* each sub-layer (report §2.1): "
+    Mistake("no_post_norms", "Gemma 3 normalizes both *before and after* each sub-layer (report §2): "
             "x + post_attention_layernorm(attn(...)), x + post_feedforward_layernorm(mlp(...)).",
             lambda b, x, c, s: _block(b, x, c, s, post_norms=False)),
     Mistake("norm_on_residual", "the post-norm applies to the sub-layer's output only, before the residual add: "

@@ -67,7 +67,7 @@ PREDICTIONS = {
         "the 1B's global layers (same base 1M, no scaling)?",
         _same_angle_position,
         "the frequencies are divided by 8, so position p turns like p / 8 did: 80,000 -> 10,000. Positions "
-        "up to 128K look like positions up to 16K, inside the 32K the model was pre-trained on (report §2.2)."),
+        "up to 128K look like positions up to 16K, inside the 32K the model was pre-trained on (report §5.3)."),
     "block_parameters": Prediction(
         "How many parameters does one decoder block of the 270M have (hidden 640, 4 query heads, 1 K/V head, "
         "head_dim 256, MLP 2048)?",
@@ -80,14 +80,14 @@ PREDICTIONS = {
         _kv_27b_gib,
         "62 layers, 16 K/V heads x 128 dims x 2 (K and V) x 2 bytes = 8 KiB per slot and layer. All global: "
         "62 x 131,072 slots = 62 GiB. With 52 local layers of 1,024 slots and 10 global ones: 10.4 GiB, "
-        "six times less (report §2.1, Figure 5).",
+        "six times less (report §5.2, Figures 5-6).",
         rel_tol=0.05),
     "soft_tokens": Prediction(
         "For one 896x896 image: (how many soft tokens does the language model read, how many SigLIP patch "
         "vectors does each of them average)?",
         lambda: (256, (896 // 14) ** 2 // 256),
         "896 / 14 = 64 patches per side, 4,096 in all; 4x4 average pooling keeps 16 x 16 = 256 tokens, each "
-        "the mean of 16 patch vectors."),
+        "the mean of 16 patch vectors (report §5.5)."),
     "pan_and_scan_tokens": Prediction(
         "How many image soft tokens does a 3000 x 400 image cost with Pan&Scan (the image and its crops)?",
         _pan_and_scan_tokens,

@@ -120,7 +120,7 @@ def _angles_cases(n_random: int = 6, seed: int = 0) -> list[Case]:
 
 ROPE_ANGLES_MISTAKES = (
     Mistake("local_scaled", "only global layers are rescaled: local layers keep base 10,000 and factor 1 "
-            "(their window is short, they never see far positions; report §2.2).",
+            "(their window is short, they never see far positions; report §5.3).",
             lambda c, i, p: _angles(c, i, p, local_scaled=True)),
     Mistake("factor_multiplied", "linear scaling *divides* the frequencies by the factor (positions look 8 times "
             "closer), it does not multiply them.", lambda c, i, p: _angles(c, i, p, multiply=True)),

@@ -116,7 +116,7 @@ IMAGE_MASK_MISTAKES = (
             lambda m, w: _image_mask(m, w, groups=torch.where(m, 0, -1))),
     Mistake("window_ignored_for_images", "the sliding window still applies to image tokens in local layers: "
             "AND(window, OR(causal, same image)).", lambda m, w: _image_mask(m, w, window_first=True)),
-    Mistake("not_bidirectional", "tokens of one image attend to each other in both directions (report §2.1): "
+    Mistake("not_bidirectional", "tokens of one image attend to each other in both directions: "
             "OR the causal mask with 'same image'.", lambda m, w: _image_mask(m, w, bidirectional=False)),
 )
 
