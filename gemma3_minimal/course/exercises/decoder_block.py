@@ -200,14 +200,16 @@ def _block_reference(block, x, cos, sin):
 
 
 def _block(block, x, cos, sin, post_norms=True, norm_residual=False, mlp_from_input=False):
+    """The decoder block, with switches for typical mistakes."""
     with torch.no_grad():
-        positions = torch.arange(x.shape[1])
+        attn = block.self_attn(block.input_layernorm(x), cos, sin, torch.arange(x.shape[1]))
+        if norm_residual:  # post_norm(x + f(x)) instead of x + post_norm(f(x))
+            h = block.post_attention_layernorm(x + attn)
+            return block.post_feedforward_layernorm(h + block.mlp(block.pre_feedforward_layernorm(h)))
         post_attn = block.post_attention_layernorm if post_norms else torch.nn.Identity()
         post_ffw = block.post_feedforward_layernorm if post_norms else torch.nn.Identity()
-        a = post_attn(block.self_attn(block.input_layernorm(x), cos, sin, positions))
-        h = post_attn(x + block.self_attn(block.input_layernorm(x), cos, sin, positions)) if norm_residual else x + a
-        m = block.mlp(block.pre_feedforward_layernorm(x if mlp_from_input else h))
-        return post_ffw(h + block.mlp(block.pre_feedforward_layernorm(h))) if norm_residual else h + post_ffw(m)
+        h = x + post_attn(attn)
+        return h + post_ffw(block.mlp(block.pre_feedforward_layernorm(x if mlp_from_input else h)))
 
 
 BLOCK_MISTAKES = (
