@@ -9,12 +9,13 @@ hint that names a typical mistake when the learner's output equals that of a kno
     result.passed, result.mistake                              # True, None
 """
 
-from .decoder_block import check_repeat_kv, check_rms_norm
+from .decoder_block import check_attention_forward, check_decoder_block, check_repeat_kv, check_rms_norm
 from .distillation import check_sampled_target
 from .engine import Case, CheckResult, Mistake, difference, run_check
-from .kv_cache import check_kv_cache_bytes
-from .masks import check_sliding_window_mask
-from .pan_and_scan import check_pan_and_scan_crop_count
-from .rope import check_rope
-from .siglip import check_patch_pooling
-from .tokenizer import check_byte_fallback
+from .kv_cache import check_generate, check_kv_cache_bytes, check_parameter_counts, check_ring_write
+from .masks import check_attention_mask, check_sliding_window_mask
+from .pan_and_scan import check_crop_boxes, check_pan_and_scan_crop_count
+from .predictions import check_prediction
+from .rope import check_rope, check_rope_angles
+from .siglip import check_image_mask, check_patch_pooling
+from .tokenizer import check_bpe_pieces, check_byte_fallback, check_chat_prompt

@@ -104,6 +104,14 @@ def difference(expected: Any, got: Any, tolerance: dict = FLOAT_TOLERANCE) -> Op
     """None when `got` equals `expected` (tensors: same shape and dtype, values within tolerance), else why not."""
     if isinstance(expected, torch.Tensor):
         return _tensor_difference(expected, got, tolerance)
+    if isinstance(expected, tuple) and any(isinstance(e, torch.Tensor) for e in expected):
+        if not isinstance(got, tuple) or len(got) != len(expected):
+            return f"expected a tuple of {len(expected)} items, got {_describe(got)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            why = difference(e, g, tolerance)
+            if why is not None:
+                return f"item {i} of the tuple: {why}"
+        return None
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (expected, got))
     if type(got) is not type(expected) and not numbers:
         return f"expected {_describe(expected)}, got {_describe(got)}"

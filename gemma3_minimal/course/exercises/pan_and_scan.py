@@ -1,4 +1,4 @@
-"""Exercise checkers for notebook 07: how many Pan&Scan crops."""
+"""Exercise checkers for notebook 07: how many Pan&Scan crops, and their boxes."""
 
 from __future__ import annotations
 
@@ -55,3 +55,49 @@ def check_pan_and_scan_crop_count(fn: Callable[[int, int], int]) -> CheckResult:
     return run_check("crop_count", fn, _crop_cases(), _crop_count_reference,
                      "len(gemma3_minimal.pan_and_scan.pan_and_scan_boxes)", CROP_COUNT_MISTAKES,
                      "follow the rule step by step: ratio test, round half up, cap, clamp to [2, 4], minimum crop size.")
+
+
+# --- the crop boxes ------------------------------------------------------------------------------
+
+
+def _boxes(width, height, n, size=math.ceil, clip=True, along_width=None, corners=True):
+    landscape = width >= height if along_width is None else along_width
+    n_w, n_h = (n, 1) if landscape else (1, n)
+    crop_w, crop_h = size(width / n_w), size(height / n_h)
+    boxes = []
+    for y in range(0, crop_h * n_h, crop_h):
+        for x in range(0, crop_w * n_w, crop_w):
+            right, bottom = (min(x + crop_w, width), min(y + crop_h, height)) if clip else (x + crop_w, y + crop_h)
+            boxes.append((x, y, right, bottom) if corners else (x, y, right - x, bottom - y))
+    return boxes
+
+
+def _box_cases(n_random: int = 12, seed: int = 0) -> list[Case]:
+    rng = random.Random(seed)
+    sizes = [(1800, 600), (600, 1800), (1000, 333), (1281, 640), (3001, 700), (700, 3001), (1200, 1000)]
+    while len(sizes) < 7 + n_random:
+        w, h = rng.randint(300, 4000), rng.randint(300, 4000)
+        if pan_and_scan_boxes(w, h):
+            sizes.append((w, h))
+    sizes = [(w, h) for w, h in sizes if pan_and_scan_boxes(w, h)]
+    return [Case(f"width={w}, height={h}, n={len(pan_and_scan_boxes(w, h))}", (w, h, len(pan_and_scan_boxes(w, h))))
+            for w, h in sizes]
+
+
+BOX_MISTAKES = (
+    Mistake("floor_size", "crops are ceil(long / n) pixels long, so n crops cover the whole side (floor leaves a "
+            "strip of pixels out).", lambda w, h, n: _boxes(w, h, n, size=lambda v: math.floor(v))),
+    Mistake("not_clipped", "the last crop ends at the image's edge: right = min(x + crop_w, width), "
+            "bottom = min(y + crop_h, height).", lambda w, h, n: _boxes(w, h, n, clip=False)),
+    Mistake("always_horizontal", "cut along the *long* side: a tall image is cut into rows, a wide one into columns.",
+            lambda w, h, n: _boxes(w, h, n, along_width=True)),
+    Mistake("width_height", "a box is (left, top, right, bottom), PIL's crop format, not (x, y, width, height).",
+            lambda w, h, n: _boxes(w, h, n, corners=False)),
+)
+
+
+def check_crop_boxes(fn: Callable[[int, int, int], list]) -> CheckResult:
+    """`fn(width, height, n) -> [(left, top, right, bottom), ...]`: the n Pan&Scan crop boxes, in reading order."""
+    return run_check("crop_boxes", fn, _box_cases(), lambda w, h, n: pan_and_scan_boxes(w, h),
+                     "gemma3_minimal.pan_and_scan.pan_and_scan_boxes", BOX_MISTAKES,
+                     "draw the image and its n crops; each box is (left, top, right, bottom) in pixels.")

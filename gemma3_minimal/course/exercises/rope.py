@@ -1,4 +1,4 @@
-"""Exercise checkers for notebook 03: RoPE."""
+"""Exercise checkers for notebook 03: RoPE, and the per-layer tables with the x8 scaling of the 128K models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ... import rope
+from ...config import GLOBAL, LOCAL, get_config
 from .engine import Case, CheckResult, Mistake, run_check
 
 
@@ -73,3 +74,67 @@ def check_rope(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) 
     """`fn(x [T, D], positions [T], base) -> [T, D]`: x rotated by RoPE, pairs (i, i + D/2)."""
     return run_check("apply_rope", fn, _rope_cases(), _rope_reference, "gemma3_minimal.rope.apply_rope",
                      ROPE_MISTAKES, "check one position by hand: position 0 must give x back unchanged.")
+
+
+# --- which table each layer uses, and the x8 scaling of the 128K models -------------------------
+
+
+def _angles(cfg, layer_idx: int, positions: torch.Tensor, local_scaled: bool = False, global_scaled: bool = True,
+            multiply: bool = False, scale_base: bool = False, swap_bases: bool = False) -> torch.Tensor:
+    is_local = cfg.layer_types[layer_idx] == LOCAL
+    if swap_bases:
+        is_local = not is_local
+    base = cfg.rope_local_base_freq if is_local else cfg.rope_theta
+    factor = cfg.rope_scaling_factor if (local_scaled if is_local else global_scaled) else 1.0
+    if scale_base:
+        base, factor = base * factor, 1.0
+    if multiply:
+        factor = 1.0 / factor
+    return positions.float()[:, None] * rope.rope_inv_freq(cfg.head_dim, base, factor)
+
+
+def _angles_reference(cfg, layer_idx: int, positions: torch.Tensor) -> torch.Tensor:
+    """The angles behind the library's tables: `Gemma3TextModel.blocks` picks local or global per layer."""
+    if cfg.layer_types[layer_idx] == LOCAL:
+        inv_freq = rope.rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq)
+    else:
+        inv_freq = rope.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
+    return positions.float()[:, None] * inv_freq
+
+
+def _angles_cases(n_random: int = 6, seed: int = 0) -> list[Case]:
+    rng = random.Random(seed)
+    picks = [("4b", 5, 0, 4), ("4b", 0, 0, 4), ("270m", 5, 100, 3), ("27b", 11, 131_000, 2), ("27b", 12, 65_536, 2)]
+    for _ in range(n_random):
+        name = rng.choice(["1b", "4b", "12b", "27b"])
+        layer = rng.randrange(get_config(name).num_hidden_layers)
+        picks.append((name, layer, rng.randint(0, 120_000), rng.randint(1, 4)))
+    cases = []
+    for name, layer, start, t in picks:
+        cfg = get_config(name)
+        kind = "global" if cfg.layer_types[layer] == GLOBAL else "local"
+        cases.append(Case(f"cfg=get_config({name!r}), layer_idx={layer} ({kind}), positions {start}..{start + t - 1}",
+                          (cfg, layer, torch.arange(start, start + t))))
+    return cases
+
+
+ROPE_ANGLES_MISTAKES = (
+    Mistake("local_scaled", "only global layers are rescaled: local layers keep base 10,000 and factor 1 "
+            "(their window is short, they never see far positions; report §5.3).",
+            lambda c, i, p: _angles(c, i, p, local_scaled=True)),
+    Mistake("factor_multiplied", "linear scaling *divides* the frequencies by the factor (positions look 8 times "
+            "closer), it does not multiply them.", lambda c, i, p: _angles(c, i, p, multiply=True)),
+    Mistake("base_scaled", "the factor divides the frequencies, 1 / base^(2i/D) / 8; multiplying the base by 8 "
+            "changes each pair by a different amount.", lambda c, i, p: _angles(c, i, p, scale_base=True)),
+    Mistake("bases_swapped", "local layers use base 10,000 (`rope_local_base_freq`), global layers 1,000,000 "
+            "(`rope_theta`); yours are the other way round.", lambda c, i, p: _angles(c, i, p, swap_bases=True)),
+    Mistake("not_scaled", "the 128K models (4B, 12B, 27B) divide the global frequencies by "
+            "`cfg.rope_scaling_factor` (8): apply it.", lambda c, i, p: _angles(c, i, p, global_scaled=False)),
+)
+
+
+def check_rope_angles(fn: Callable[[object, int, torch.Tensor], torch.Tensor]) -> CheckResult:
+    """`fn(cfg, layer_idx, positions [T]) -> [T, head_dim/2]`: the RoPE angles of that layer, x8 scaling included."""
+    return run_check("rope_angles", fn, _angles_cases(), _angles_reference,
+                     "gemma3_minimal.rope.rope_inv_freq as Gemma3TextModel.blocks uses it", ROPE_ANGLES_MISTAKES,
+                     "first decide local or global from cfg.layer_types[layer_idx], then base and factor.")
