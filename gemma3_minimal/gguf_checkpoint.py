@@ -178,11 +178,16 @@ def load_gguf_state_dict(path: str | Path | None = None, cfg=None) -> dict[str, 
         return state
     if problem is not None:
         warnings.warn(f"{problem}; rebuilding it from the verified GGUF", stacklevel=2)
-    reader = _read_gguf(gguf_path() if path is None else Path(path))
-    check_gguf_config(reader, cfg)
-    state = dequantize_gguf(reader)
+    state = state_from_gguf(gguf_path() if path is None else Path(path), cfg)
     write_f32_cache(cached, state, source)
     return state
+
+
+def state_from_gguf(path: Path, cfg: Gemma3Config) -> dict[str, torch.Tensor]:
+    """Read a verified GGUF, check its numbers against `cfg` and dequantize it (about a minute)."""
+    reader = _read_gguf(path)
+    check_gguf_config(reader, cfg)
+    return dequantize_gguf(reader)
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -2,8 +2,8 @@
 warning naming them), and writes killed midway leave nothing behind after the next run.
 
 Every test works in its own temporary cache folder ($GEMMA3_MINIMAL_CACHE) that links to the real,
-verified GGUF. Rebuilding from the GGUF for real takes minutes (dequantizing the 270M, reading its
-262,144 pieces), so the builders are replaced by ones that return known content at once: what is
+verified GGUF. Rebuilding from the GGUF for real takes minutes on 2 cores (parsing it, dequantizing
+the 270M, writing out its 262,144 pieces), so the builders are replaced by ones that return known content at once: what is
 tested is the verification, the rebuild and the clean-up, on the library's own code paths.
 """
 
@@ -51,14 +51,15 @@ def cache(real_files, tmp_path, monkeypatch):
 
 @pytest.fixture
 def builds(monkeypatch):
-    """Dequantizing replaced by small tensors under the 270M's names; counts the rebuilds."""
+    """Reading and dequantizing the GGUF replaced by small tensors under the 270M's names; counts the rebuilds."""
     count = []
 
-    def dequantize(reader):
-        count.append(reader)
-        return {name: torch.full((2, 3), float(i)) for i, name in enumerate(sorted(expected_names(CFG)))}
+    def dequantize(path, cfg):
+        assert path == cache_dir() / GGUF_NAME and cfg == CFG  # the GGUF of the cache folder, verified by gguf_path()
+        count.append(path)
+        return {name: torch.full((2, 3), float(i)) for i, name in enumerate(sorted(expected_names(cfg)))}
 
-    monkeypatch.setattr(gguf_checkpoint, "dequantize_gguf", dequantize)
+    monkeypatch.setattr(gguf_checkpoint, "state_from_gguf", dequantize)
     return count
 
 
@@ -159,7 +160,7 @@ def test_damaged_f32_cache_is_rebuilt_from_the_gguf(cache, builds, damage, words
 
 def test_real_f32_cache_is_verified_on_load(monkeypatch):
     """The default cache (the real 270M) carries a content checksum that its tensors match."""
-    monkeypatch.setattr(gguf_checkpoint, "dequantize_gguf", lambda reader: pytest.fail("the real cache was rebuilt"))
+    monkeypatch.setattr(gguf_checkpoint, "state_from_gguf", lambda path, cfg: pytest.fail("the real cache was rebuilt"))
     state = load_quietly()
     path = cache_dir() / f"gemma-3-270m-{gguf_checkpoint.expected_sha256()[:16]}-f32.safetensors"
     with safe_open(str(path), "pt") as f:

@@ -501,10 +501,10 @@ def test_index_or_config_that_is_not_an_object(broken):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(rope_scaling={"rope_type": "linear"}), r"config\.json rope_scaling has rope_type 'linear' but no factor"),
+    (dict(rope_scaling={"rope_type": "linear"}), r" rope_scaling has rope_type 'linear' but no factor"),
     (dict(rope_scaling={"rope_type": "linear", "factor": "8"}), r"rope_scaling: factor must be a number, got '8'"),
     (dict(rope_scaling=[8.0]), r"rope_scaling must be an object, got \[8\.0\]"),
-    (dict(rope_theta=None), r"config\.json: rope_theta must be a number, got None"),
+    (dict(rope_theta=None), r": rope_theta must be a number, got None"),
     (dict(eos_token_id=[]), r"eos_token_id is an empty list"),
     (dict(eos_token_id=["<eos>"]), r"eos_token_id must be an int token id >= 0 below vocab_size 512, got '<eos>'"),
     (dict(layer_types="full_attention"), r"layer_types must be a list of 'sliding_attention' and 'full_attention'"),
