@@ -4,13 +4,16 @@ the official configs of every size map to our presets; bad folders fail with err
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gemma3_minimal import Gemma3ForCausalLM, Gemma3ForConditionalGeneration, get_config, load_pretrained
-from gemma3_minimal.hf_checkpoint import build_on_meta, config_from_hf, load_hf_model
+from gemma3_minimal.config import TINY_VISION
+from gemma3_minimal.hf_checkpoint import build_on_meta, checkpoint_tensors, config_from_hf, load_hf_model, loading_plan
 from gemma3_minimal.pretrained import CHECKPOINT_ENV, default_checkpoint, load_model
 from hf_reference import random_pair
 
@@ -64,8 +67,6 @@ def test_text_checkpoint_logits_equal_transformers(text_folders, kind):
 
 
 def test_bfloat16_load_casts_every_tensor_and_ties_the_head(text_folders):
-    from safetensors.torch import load_file
-
     folder = text_folders / "single"
     model = load_hf_model(folder, dtype=torch.bfloat16, progress=False)
     stored = load_file(folder / "model.safetensors")
@@ -222,8 +223,6 @@ def test_layer_count_differing_from_the_checkpoint_fails_fast(broken):
 
 
 def test_missing_and_unexpected_tensors_are_named(text_folders):
-    from gemma3_minimal.hf_checkpoint import checkpoint_tensors, loading_plan
-
     tensors = checkpoint_tensors(text_folders / "single")
     del tensors["model.layers.3.mlp.up_proj.weight"]
     tensors["model.extra.weight"] = (text_folders / "single" / "model.safetensors", [4])
@@ -259,8 +258,6 @@ def test_layer_types_with_another_period_are_followed(broken):
 def rename_checkpoint(folder: Path, layout: str) -> None:
     """Rewrite the tensor names of transformers 5's save (`language_model.model.*`, `vision_tower.*`)
     into another layout that official checkpoints use."""
-    from safetensors.torch import load_file, save_file
-
     renames = {
         # the original conversion, as google/gemma-3-4b-it holds it
         "official": [("vision_tower.", "vision_tower.vision_model.")],
@@ -345,8 +342,6 @@ def edit_index(folder: Path, edit) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.float8_e4m3fn, torch.complex64, torch.float64])
 def test_shard_dtypes_other_than_f32_f16_bf16_are_refused(broken, dtype):
-    from safetensors.torch import load_file, save_file
-
     path = shard_of(broken, "model.norm.weight")
     state = load_file(path)
     state["model.norm.weight"] = state["model.norm.weight"].to(dtype)
@@ -358,8 +353,6 @@ def test_shard_dtypes_other_than_f32_f16_bf16_are_refused(broken, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_shards_load(broken, dtype):
-    from safetensors.torch import load_file, save_file
-
     path = shard_of(broken, "model.norm.weight")
     state = load_file(path)
     stored = {k: v.to(dtype) for k, v in state.items()}
@@ -463,10 +456,6 @@ def test_hand_made_configs_get_the_same_checks(change, message):
     (dict(hidden_size=float("nan")), "hidden_size must be a positive int"),
 ])
 def test_vision_config_values_are_checked(change, message):
-    from dataclasses import replace
-
-    from gemma3_minimal.config import TINY_VISION
-
     with pytest.raises(ValueError, match=message):
         replace(TINY_VISION, **change)
 
