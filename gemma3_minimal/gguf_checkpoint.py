@@ -155,7 +155,8 @@ def read_f32_cache(path: Path, source_sha256: str, names: set[str]) -> tuple[dic
         return None, f"float32 cache {path} is unreadable ({e})"
     missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
     if missing or unexpected:
-        return None, f"float32 cache {path} lacks tensors {missing[:5]} or has unexpected ones {unexpected[:5]}"
+        wrong = [f"lacks tensors {missing[:5]}"] * bool(missing) + [f"has unexpected tensors {unexpected[:5]}"] * bool(unexpected)
+        return None, f"float32 cache {path} {' and '.join(wrong)}"
     if content_sha256(state) != metadata[_CONTENT_KEY]:
         return None, f"float32 cache {path} does not match the checksum recorded when it was written (damaged or edited)"
     return state, None
