@@ -69,7 +69,7 @@ _TIED_HEAD = "lm_head.weight"  # the head reads the embedding table; a stored co
 # The floating dtypes a shard may hold (safetensors names -> bytes per element); others are refused,
 # not cast: an integer, boolean or float8 tensor is not a Gemma 3 weight.
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
-# Our layer stacks, text and vision: (number of layers in the config, prefix of their parameters).
+# A parameter inside a stack of layers: "<stack>.layers.<i>.<rest>" (text decoder, vision encoder).
 _LAYER_INDEX = re.compile(r"(?P<stack>.+\.layers)\.(?P<i>\d+)\.")
 
 
@@ -134,7 +134,7 @@ def _rope(text: dict, where: str) -> dict[str, float]:
         local_theta = _number(local, "rope_theta", 10_000.0, local_where)
         full_theta = _number(full, "rope_theta", 1_000_000.0, full_where)
     else:
-        local, local_where = {}, where
+        local = {}
         full, full_where = _section(text, "rope_scaling", where), f"{where} rope_scaling"
         local_theta = _number(text, "rope_local_base_freq", 10_000.0, where)
         full_theta = _number(text, "rope_theta", 1_000_000.0, where)
@@ -155,7 +155,9 @@ def _sliding_window_pattern(text: dict, num_layers: int) -> int:
     types = text.get("layer_types")
     if types is None:
         return text.get("sliding_window_pattern", text.get("_sliding_window_pattern", 6))
-    return types.index(GLOBAL) + 1 if GLOBAL in types else num_layers + 1
+    if GLOBAL in types:
+        return types.index(GLOBAL) + 1
+    return num_layers + 1 if isinstance(num_layers, int) else num_layers  # a bad count: Gemma3Config says so
 
 
 def _check_layer_types(types, where: str) -> None:
