@@ -266,7 +266,7 @@ def _check_header_entry(path: Path, name: str, info) -> None:
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise ValueError(f"shard {path}: the header entry of tensor {name} needs dtype, shape and data_offsets, got {info!r}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in _DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
         raise ValueError(
             f"shard {path}: tensor {name} has dtype {dtype!r}; Gemma 3 weights are floating point, "
             f"one of {', '.join(_DTYPE_BYTES)}"
