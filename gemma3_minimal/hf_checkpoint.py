@@ -7,7 +7,10 @@
 
 The model is built on the meta device, then materialized one tensor at a time, each read on its
 own from its shard and cast to the requested dtype as it is placed: loading needs little more
-memory than the loaded model. Every name and shape is checked before the first byte is read.
+memory than the loaded model. Before the first byte is read: every shard named by the index must
+lie inside the folder, every tensor must be F32, F16 or BF16 with exactly the bytes its shape needs,
+the layer counts must match the config's (checked before the model is built), and every name and
+shape must fit the model. Bad values or malformed JSON raise ValueError naming the file and key.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .config import GLOBAL, LOCAL, Gemma3Config, VisionConfig
@@ -428,9 +431,12 @@ def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32, device
     for path, names in tqdm(sorted(plan.items()), desc=f"loading {cfg.name}", unit="shard", disable=not progress):
         # pread, not mmap: a memory map keeps every page read so far resident until the shard is closed,
         # which would double the peak memory of a single-file checkpoint.
-        with safe_open(str(path), framework="pt", backend="pread") as f:
-            for ours, theirs in names:
-                _place(model, ours, f.get_tensor(theirs).to(device=device, dtype=dtype))
+        try:
+            with safe_open(str(path), framework="pt", backend="pread") as f:
+                for ours, theirs in names:
+                    _place(model, ours, f.get_tensor(theirs).to(device=device, dtype=dtype))
+        except SafetensorError as e:  # e.g. tensors overlapping or leaving gaps in the data
+            raise ValueError(f"shard {path} could not be read ({e}); download it again") from e
     model.tie_weights()  # the head reads the embedding table again
     return model.eval()
 

@@ -522,3 +522,18 @@ def test_malformed_multimodal_sections(change, message):
         change, message = {}, r"rope_parameters: full_attention must be an object, got 1"
     with pytest.raises(ValueError, match=rf"config\.json.*{message}"):
         config_from_hf({**d, **change})
+
+
+def test_overlapping_tensors_in_a_shard_are_refused(broken):
+    """Each entry is self-consistent, but two tensors share bytes: safetensors' own check, reported as ours."""
+    path = shard_of(broken, "model.norm.weight")
+
+    def overlap(header):
+        others = [info for name, info in header.items() if name != "model.norm.weight" and name != "__metadata__"
+                  and info["data_offsets"][1] - info["data_offsets"][0] >= 256]
+        start = others[0]["data_offsets"][0]
+        header["model.norm.weight"]["data_offsets"] = [start, start + 256]
+
+    rewrite_header(path, overlap)
+    with pytest.raises(ValueError, match=rf"shard .*{path.name} could not be read \(.*\); download it again"):
+        load_hf_model(broken, progress=False)
