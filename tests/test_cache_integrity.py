@@ -158,14 +158,16 @@ def test_damaged_f32_cache_is_rebuilt_from_the_gguf(cache, builds, damage, words
     assert leftovers(cache) == []
 
 
-def test_real_f32_cache_is_verified_on_load(monkeypatch):
-    """The default cache (the real 270M) carries a content checksum that its tensors match."""
+def test_real_f32_cache_is_verified_on_load(real_model, monkeypatch):
+    """The default cache (the real 270M, built by `real_model` if absent) carries a content checksum
+    that its tensors match, and is what the model was loaded from."""
     monkeypatch.setattr(gguf_checkpoint, "state_from_gguf", lambda path, cfg: pytest.fail("the real cache was rebuilt"))
     state = load_quietly()
     path = cache_dir() / f"gemma-3-270m-{gguf_checkpoint.expected_sha256()[:16]}-f32.safetensors"
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["content_sha256"] == content_sha256(state)
     assert set(state) == expected_names(CFG)
+    assert torch.equal(state["model.embed_tokens.weight"], real_model.model.embed_tokens.weight)
 
 
 # --- The tokenizer ---------------------------------------------------------------------------------
