@@ -17,11 +17,32 @@ Where the numbers come from:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
 LOCAL = "sliding_attention"
 GLOBAL = "full_attention"
+
+
+def _check_positive_ints(obj, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        value = getattr(obj, f)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{f} must be a positive int, got {value!r}")
+
+
+def _check_positive_numbers(obj, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        value = getattr(obj, f)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{f} must be a finite number > 0, got {value!r}")
+
+
+def _check_token_id(name: str, value, vocab_size: Optional[int] = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (vocab_size is not None and value >= vocab_size):
+        limit = "" if vocab_size is None else f" below vocab_size {vocab_size}"
+        raise ValueError(f"{name} must be an int token id >= 0{limit}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,9 @@ class VisionConfig:
     mm_tokens_per_image: int = 256  # 64x64 grid average-pooled 4x4 -> 16x16 = 256 vectors
 
     def __post_init__(self) -> None:
+        _check_positive_ints(self, ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                    "image_size", "patch_size", "num_channels", "mm_tokens_per_image"))
+        _check_positive_numbers(self, ("layer_norm_eps",))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_attention_heads:
@@ -91,12 +115,14 @@ class Gemma3Config:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window",
-                  "sliding_window_pattern", "max_position_embeddings"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{f} must be a positive int, got {value!r}")
+        _check_positive_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                    "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window",
+                                    "sliding_window_pattern", "max_position_embeddings"))
+        # RoPE bases, the attention scale and the norm epsilon: NaN, zero or negative would give NaN logits.
+        _check_positive_numbers(self, ("query_pre_attn_scalar", "rope_local_base_freq", "rope_theta",
+                                       "rope_scaling_factor", "rms_norm_eps"))
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE rotates pairs of dimensions), got {self.head_dim}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -104,6 +130,17 @@ class Gemma3Config:
             )
         if self.rope_scaling_factor < 1.0:
             raise ValueError(f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+        for f in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            _check_token_id(f, getattr(self, f), self.vocab_size)
+        _check_token_id("image_token_id", self.image_token_id)
+        if not isinstance(self.stop_token_ids, tuple) or not self.stop_token_ids:
+            raise ValueError(f"stop_token_ids must be a non-empty tuple of token ids, got {self.stop_token_ids!r}")
+        for i in self.stop_token_ids:
+            _check_token_id("stop_token_ids", i)
+        if self.vision is not None and not isinstance(self.vision, VisionConfig):
+            raise ValueError(f"vision must be a VisionConfig or None, got {type(self.vision).__name__}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"name must be a str, got {self.name!r}")
 
     @property
     def layer_types(self) -> list[str]:

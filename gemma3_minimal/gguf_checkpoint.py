@@ -2,12 +2,16 @@
 
 `gguf` dequantizes every tensor (Q4_K, Q5_0, Q6_K, Q8_0 blocks; norms are F32). llama.cpp's
 converter stores each RMSNorm scale as `1 + w`, so we load `w = stored - 1`. The float32 state
-dict is cached as safetensors beside the GGUF, keyed by the GGUF's sha256.
+dict is cached as safetensors beside the GGUF, keyed by the GGUF's sha256 and verified on every
+load by a sha256 of its tensors recorded when it was written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gguf
@@ -17,8 +21,11 @@ from gguf.quants import dequantize
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .assets import cache_dir, expected_sha256, gguf_path, verify_gguf
+from .assets import cache_dir, expected_sha256, gguf_path, verify_gguf, write_atomically
 from .config import Gemma3Config, get_config
+
+_SOURCE_KEY, _CONTENT_KEY = "gguf_sha256", "content_sha256"  # the cache's safetensors metadata
+_HASH_BLOCK = 1 << 26
 
 # GGUF tensor name (after "blk.N.") -> our parameter name (after "model.layers.N.").
 _LAYER_NAMES = {
@@ -64,7 +71,10 @@ def gguf_name_to_ours(name: str) -> str:
 
 def open_gguf(path: str | Path):
     """A gguf.GGUFReader over a verified file, with a clear error for unreadable ones."""
-    path = verify_gguf(path)
+    return _read_gguf(verify_gguf(path))
+
+
+def _read_gguf(path: Path):
     try:
         return gguf.GGUFReader(path)
     except Exception as e:  # the reader raises assorted errors on damaged files
@@ -91,29 +101,94 @@ def dequantize_gguf(reader) -> dict[str, torch.Tensor]:
     return state
 
 
+def expected_names(cfg: Gemma3Config) -> set[str]:
+    """Every tensor name the GGUF gives for `cfg`: the embedding, the final norm and 13 per layer."""
+    layers = {f"model.layers.{i}.{name}" for i in range(cfg.num_hidden_layers) for name in _LAYER_NAMES.values()}
+    return set(_TOP_NAMES.values()) | layers
+
+
+def content_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A sha256 of the tensors themselves: every name, dtype, shape and byte, in name order.
+
+    Blocks of 64 MiB are hashed on their own, in parallel (hashlib releases the GIL), and the
+    digest covers the list of (name, dtype, shape, block digests): the same tensors give the same
+    digest whatever file layout they were read from.
+    """
+    blocks, lines = [], []
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        start = len(blocks)
+        blocks += [data[i:i + _HASH_BLOCK] for i in range(0, len(data), _HASH_BLOCK)]
+        lines.append((name, str(t.dtype), tuple(t.shape), start, len(blocks)))
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda b: hashlib.sha256(b).hexdigest(), blocks))
+    h = hashlib.sha256()
+    for name, dtype, shape, start, stop in lines:
+        h.update(f"{name} {dtype} {list(shape)} {' '.join(digests[start:stop])}\n".encode())
+    return h.hexdigest()
+
+
+def write_f32_cache(path: Path, state: dict[str, torch.Tensor], source_sha256: str) -> None:
+    """Save `state` as safetensors at `path` (atomically), recording the GGUF's sha256 and the content's."""
+    metadata = {_SOURCE_KEY: source_sha256, _CONTENT_KEY: content_sha256(state)}
+    write_atomically(path, lambda partial: save_file(state, str(partial), metadata=metadata))
+
+
+def read_f32_cache(path: Path, source_sha256: str, names: set[str]) -> tuple[dict | None, str | None]:
+    """The cached state dict if it is exactly what was written from the GGUF with sha256 `source_sha256`.
+
+    Returns (state, None) when verified, (None, None) when there is no cache, and (None, why) when
+    the file is damaged, edited, incomplete or from another source: it must be rebuilt.
+    """
+    if not path.exists():
+        return None, None
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        if metadata.get(_SOURCE_KEY) != source_sha256:
+            return None, f"float32 cache {path} was not built from this GGUF"
+        if _CONTENT_KEY not in metadata:
+            return None, f"float32 cache {path} has no content checksum (an older version wrote it)"
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return None, f"float32 cache {path} is unreadable ({e})"
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    if missing or unexpected:
+        wrong = [f"lacks tensors {missing[:5]}"] * bool(missing) + [f"has unexpected tensors {unexpected[:5]}"] * bool(unexpected)
+        return None, f"float32 cache {path} {' and '.join(wrong)}"
+    if content_sha256(state) != metadata[_CONTENT_KEY]:
+        return None, f"float32 cache {path} does not match the checksum recorded when it was written (damaged or edited)"
+    return state, None
+
+
 def load_gguf_state_dict(path: str | Path | None = None, cfg=None) -> dict[str, torch.Tensor]:
     """The 270M's float32 state dict, dequantized once and kept in the cache as safetensors.
 
-    The cached file records the GGUF's sha256; a missing, stale or unreadable cache is rebuilt.
+    The cached file records the GGUF's sha256 and a sha256 of its tensors (`content_sha256`),
+    checked on every load: a missing cache is built, a damaged, edited or incomplete one is rebuilt
+    from the verified GGUF with a warning that names it.
     """
     cfg = cfg or get_config("270m")
-    path = gguf_path() if path is None else verify_gguf(path)
+    if path is not None:
+        verify_gguf(path)
     source = expected_sha256()
     cached = cache_dir() / f"gemma-3-270m-{source[:16]}-f32.safetensors"
-    if cached.exists():
-        try:
-            with safe_open(str(cached), "pt") as f:
-                if (f.metadata() or {}).get("gguf_sha256") == source:
-                    return load_file(str(cached))
-        except (SafetensorError, OSError, ValueError):
-            pass  # damaged: rebuild below
-    reader = open_gguf(path)
-    check_gguf_config(reader, cfg)
-    state = dequantize_gguf(reader)
-    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")  # renamed when complete
-    save_file(state, str(tmp), metadata={"gguf_sha256": source})
-    os.replace(tmp, cached)
+    state, problem = read_f32_cache(cached, source, expected_names(cfg))
+    if state is not None:
+        return state
+    if problem is not None:
+        warnings.warn(f"{problem}; rebuilding it from the verified GGUF", stacklevel=2)
+    state = state_from_gguf(gguf_path() if path is None else Path(path), cfg)
+    write_f32_cache(cached, state, source)
     return state
+
+
+def state_from_gguf(path: Path, cfg: Gemma3Config) -> dict[str, torch.Tensor]:
+    """Read a verified GGUF, check its numbers against `cfg` and dequantize it (about a minute)."""
+    reader = _read_gguf(path)
+    check_gguf_config(reader, cfg)
+    return dequantize_gguf(reader)
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

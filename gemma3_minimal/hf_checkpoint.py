@@ -7,18 +7,23 @@
 
 The model is built on the meta device, then materialized one tensor at a time, each read on its
 own from its shard and cast to the requested dtype as it is placed: loading needs little more
-memory than the loaded model. Every name and shape is checked before the first byte is read.
+memory than the loaded model. Before the first byte is read: every shard named by the index must
+lie inside the folder, every tensor must be F32, F16 or BF16 with exactly the bytes its shape needs,
+the layer counts must match the config's (checked before the model is built), and every name and
+shape must fit the model. Bad values or malformed JSON raise ValueError naming the file and key.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .config import GLOBAL, LOCAL, Gemma3Config, VisionConfig
@@ -64,16 +69,50 @@ _MULTIMODAL_PREFIXES = (
     ("multi_modal_projector.", "model.multi_modal_projector."),
 )
 _TIED_HEAD = "lm_head.weight"  # the head reads the embedding table; a stored copy is skipped
+# The floating dtypes a shard may hold (safetensors names -> bytes per element); others are refused,
+# not cast: an integer, boolean or float8 tensor is not a Gemma 3 weight.
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+# A parameter inside a stack of layers: "<stack>.layers.<i>.<rest>" (text decoder, vision encoder).
+_LAYER_INDEX = re.compile(r"(?P<stack>.+\.layers)\.(?P<i>\d+)\.")
 
 
 def read_json(path: Path) -> dict:
-    """A JSON file as a dict, with errors that name the file."""
+    """A JSON file holding an object, as a dict, with errors that name the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: a Hugging Face checkpoint folder needs it")
     try:
-        return json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object of settings")
+    return d
+
+
+def _section(d: dict, key: str, where: str) -> dict:
+    """`d[key]` as a dict ({} when absent or null), or a clear error."""
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: {key} must be an object, got {value!r}")
+    return value
+
+
+def _number(d: dict, key: str, default: float, where: str) -> float:
+    """`d[key]` as a float (`default` when absent); strings, nulls and booleans are refused."""
+    value = d.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _config(cls, where: str, **fields):
+    """`cls(**fields)` with the config's own checks reported against the file."""
+    try:
+        return cls(**fields)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _check_fixed(d: dict, fixed: dict, where: str) -> None:
@@ -90,19 +129,27 @@ def _rope(text: dict, where: str) -> dict[str, float]:
     """
     params = text.get("rope_parameters")
     if params is not None:
-        if set(params) != {LOCAL, GLOBAL}:
-            raise ValueError(f"{where}: rope_parameters must have entries {LOCAL!r} and {GLOBAL!r}, got {sorted(params)}")
-        local, full = params[LOCAL], params[GLOBAL]
+        if not isinstance(params, dict) or set(params) != {LOCAL, GLOBAL}:
+            raise ValueError(f"{where}: rope_parameters must have entries {LOCAL!r} and {GLOBAL!r}, got {params!r}")
+        local_where, full_where = f"{where} rope_parameters.{LOCAL}", f"{where} rope_parameters.{GLOBAL}"
+        local = _section(params, LOCAL, f"{where} rope_parameters")
+        full = _section(params, GLOBAL, f"{where} rope_parameters")
+        local_theta = _number(local, "rope_theta", 10_000.0, local_where)
+        full_theta = _number(full, "rope_theta", 1_000_000.0, full_where)
     else:
-        local = {"rope_theta": text.get("rope_local_base_freq", 10_000.0)}
-        full = {"rope_theta": text.get("rope_theta", 1_000_000.0), **(text.get("rope_scaling") or {})}
+        local = {}
+        full, full_where = _section(text, "rope_scaling", where), f"{where} rope_scaling"
+        local_theta = _number(text, "rope_local_base_freq", 10_000.0, where)
+        full_theta = _number(text, "rope_theta", 1_000_000.0, where)
     kinds = {name: p.get("rope_type", p.get("type", "default")) for name, p in ((LOCAL, local), (GLOBAL, full))}
     if kinds[LOCAL] != "default" or kinds[GLOBAL] not in ("default", "linear"):
         raise ValueError(f"{where}: RoPE types {kinds}; Gemma 3 uses plain RoPE locally and plain or linear globally")
+    if kinds[GLOBAL] == "linear" and "factor" not in full:
+        raise ValueError(f"{full_where} has rope_type 'linear' but no factor (e.g. 8.0 on 128K models)")
     return dict(
-        rope_local_base_freq=float(local.get("rope_theta", 10_000.0)),
-        rope_theta=float(full.get("rope_theta", 1_000_000.0)),
-        rope_scaling_factor=float(full["factor"]) if kinds[GLOBAL] == "linear" else 1.0,
+        rope_local_base_freq=local_theta,
+        rope_theta=full_theta,
+        rope_scaling_factor=_number(full, "factor", 1.0, full_where) if kinds[GLOBAL] == "linear" else 1.0,
     )
 
 
@@ -111,7 +158,14 @@ def _sliding_window_pattern(text: dict, num_layers: int) -> int:
     types = text.get("layer_types")
     if types is None:
         return text.get("sliding_window_pattern", text.get("_sliding_window_pattern", 6))
-    return types.index(GLOBAL) + 1 if GLOBAL in types else num_layers + 1
+    if GLOBAL in types:
+        return types.index(GLOBAL) + 1
+    return num_layers + 1 if isinstance(num_layers, int) else num_layers  # a bad count: Gemma3Config says so
+
+
+def _check_layer_types(types, where: str) -> None:
+    if not isinstance(types, list) or any(t not in (LOCAL, GLOBAL) for t in types):
+        raise ValueError(f"{where}: layer_types must be a list of {LOCAL!r} and {GLOBAL!r}, got {types!r}")
 
 
 def text_config_from_hf(text: dict, where: str = "config.json", **extra) -> Gemma3Config:
@@ -119,17 +173,23 @@ def text_config_from_hf(text: dict, where: str = "config.json", **extra) -> Gemm
 
     Example: `text_config_from_hf({"hidden_size": 640, ...})` -> Gemma3Config(hidden_size=640, ...).
     """
+    if not isinstance(text, dict):
+        raise ValueError(f"{where}: the text settings must be an object, got {text!r}")
     _check_fixed(text, _TEXT_FIXED, where)
     if text.get("sliding_window", 1) is None:
         raise ValueError(f"{where}: sliding_window is null, but every Gemma 3 has local layers")
     fields = {k: text.get(k, default) for k, default in _TEXT_DEFAULTS.items()}
     if isinstance(fields["eos_token_id"], list):  # instruction-tuned configs list <eos> and <end_of_turn>
+        if not fields["eos_token_id"]:
+            raise ValueError(f"{where}: eos_token_id is an empty list; it must be a token id or a list of them")
         fields["eos_token_id"] = fields["eos_token_id"][0]
-    cfg = Gemma3Config(
-        **fields, **_rope(text, where), **extra,
+    types = text.get("layer_types")
+    if types is not None:
+        _check_layer_types(types, where)
+    cfg = _config(
+        Gemma3Config, where, **fields, **_rope(text, where), **extra,
         sliding_window_pattern=_sliding_window_pattern(text, fields["num_hidden_layers"]),
     )
-    types = text.get("layer_types")
     if types is not None and list(types) != cfg.layer_types:
         raise ValueError(
             f"{where}: layer_types {types} is not one global layer every N layers ending each group of N "
@@ -140,9 +200,11 @@ def text_config_from_hf(text: dict, where: str = "config.json", **extra) -> Gemm
 
 def vision_config_from_hf(vision: dict, mm_tokens_per_image: int, where: str = "config.json") -> VisionConfig:
     """A multimodal config's `vision_config` (SigLIP) -> our VisionConfig."""
+    if not isinstance(vision, dict):
+        raise ValueError(f"{where}: vision_config must be an object, got {vision!r}")
     _check_fixed(vision, _VISION_FIXED, f"{where} (vision_config)")
     fields = {k: vision.get(k, default) for k, default in _VISION_DEFAULTS.items()}
-    return VisionConfig(**fields, mm_tokens_per_image=mm_tokens_per_image)
+    return _config(VisionConfig, f"{where} (vision_config)", **fields, mm_tokens_per_image=mm_tokens_per_image)
 
 
 def config_from_hf(d: dict, name: str = "custom", where: str = "config.json") -> Gemma3Config:
@@ -151,14 +213,16 @@ def config_from_hf(d: dict, name: str = "custom", where: str = "config.json") ->
     Multimodal configs keep their vocabulary as stored (262,208 rows in converted checkpoints) and
     their image token id; the vision tower becomes `cfg.vision`.
     """
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} holds a JSON {type(d).__name__}, not an object of settings")
     kind = d.get("model_type")
     if kind == TEXT_TYPE:
         return text_config_from_hf(d, where, name=name)
     if kind == MULTIMODAL_TYPE:
         _check_fixed(d, _MULTIMODAL_FIXED, where)
-        vision = vision_config_from_hf(d.get("vision_config") or {}, d.get("mm_tokens_per_image", 256), where)
+        vision = vision_config_from_hf(_section(d, "vision_config", where), d.get("mm_tokens_per_image", 256), where)
         image_token_id = d.get("image_token_index", d.get("image_token_id", 262_144))
-        return text_config_from_hf(d.get("text_config") or {}, f"{where} (text_config)",
+        return text_config_from_hf(_section(d, "text_config", where), f"{where} (text_config)",
                                    vision=vision, image_token_id=image_token_id, name=name)
     raise ValueError(
         f"{where}: model_type {kind!r} is not Gemma 3; expected {TEXT_TYPE!r} (text only) or "
@@ -190,6 +254,7 @@ def read_header(path: Path) -> dict[str, dict]:
         raise ValueError(f"shard {path} is not a safetensors file: its header is not a table of tensors")
     header.pop("__metadata__", None)
     for name, info in header.items():
+        _check_header_entry(path, name, info)
         end = 8 + n + info["data_offsets"][1]
         if end > size:
             raise ValueError(
@@ -197,6 +262,50 @@ def read_header(path: Path) -> dict[str, dict]:
                 "download it again"
             )
     return header
+
+
+def _check_header_entry(path: Path, name: str, info) -> None:
+    """A tensor's entry: a floating dtype we load, a shape, and offsets spanning exactly its bytes."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise ValueError(f"shard {path}: the header entry of tensor {name} needs dtype, shape and data_offsets, got {info!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        raise ValueError(
+            f"shard {path}: tensor {name} has dtype {dtype!r}; Gemma 3 weights are floating point, "
+            f"one of {', '.join(_DTYPE_BYTES)}"
+        )
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"shard {path}: tensor {name} has shape {shape!r}, not a list of sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"shard {path}: tensor {name} has data_offsets {offsets!r}, not [begin, end]")
+    nbytes = _DTYPE_BYTES[dtype] * math.prod(shape)
+    if offsets[1] - offsets[0] != nbytes:
+        raise ValueError(
+            f"shard {path}: tensor {name} spans {offsets[1] - offsets[0]:,} bytes, but {dtype} {shape} takes {nbytes:,}: "
+            "the header does not describe the data"
+        )
+
+
+def _inside(folder: Path, file, where: str) -> Path:
+    """`folder / file`, refusing names that lead out of the folder (`..`, absolute paths, symlinks).
+
+    A symlink into the Hugging Face cache's `blobs` folder (`snapshots/<rev>/x -> ../../blobs/<hash>`)
+    is the one way out that is allowed: hub downloads are laid out that way.
+    """
+    if not isinstance(file, str) or not file:
+        raise ValueError(f"{where}: the shard file must be a file name, got {file!r}")
+    relative = Path(file)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{where}: shard file {file!r} is outside the checkpoint folder {folder}; refused")
+    root = folder.resolve()
+    resolved = (root / relative).resolve()
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    if not (resolved.is_relative_to(root) or (blobs is not None and resolved.parent == blobs)):
+        raise ValueError(
+            f"{where}: shard file {file!r} resolves to {resolved}, outside the checkpoint folder {root}; refused"
+        )
+    return folder / relative
 
 
 def checkpoint_tensors(folder: Path) -> dict[str, tuple[Path, list[int]]]:
@@ -208,9 +317,9 @@ def checkpoint_tensors(folder: Path) -> dict[str, tuple[Path, list[int]]]:
             raise ValueError(f"{index} has no weight_map (tensor name -> shard file)")
         by_file = defaultdict(list)
         for name, file in weight_map.items():
-            by_file[folder / file].append(name)
+            by_file[_inside(folder, file, f"{index}: weight_map[{name!r}]")].append(name)
     elif (folder / SINGLE_FILE).is_file():
-        by_file = {folder / SINGLE_FILE: None}
+        by_file = {_inside(folder, SINGLE_FILE, str(folder)): None}
     else:
         raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}: no weights to load")
     tensors = {}
@@ -232,6 +341,29 @@ def checkpoint_name_to_ours(name: str, multimodal: bool) -> str:
             if name.startswith(old):
                 return new + name[len(old):]
     return name
+
+
+def check_layer_counts(cfg: Gemma3Config, tensors: dict, where: str) -> None:
+    """Raise unless the checkpoint's text (and vision) layers are numbered 0..n-1 as the config says.
+
+    Cheap: it reads names only, so a config with a wrong or absurd layer count fails before the
+    model is built.
+    """
+    multimodal = cfg.vision is not None
+    text = "model.language_model.layers" if multimodal else "model.layers"
+    stacks = {text: ("num_hidden_layers", cfg.num_hidden_layers)}
+    if multimodal:
+        stacks["model.vision_tower.encoder.layers"] = ("vision_config.num_hidden_layers", cfg.vision.num_hidden_layers)
+    found = defaultdict(set)
+    for theirs in tensors:
+        m = _LAYER_INDEX.match(checkpoint_name_to_ours(theirs, multimodal))
+        if m and m["stack"] in stacks:
+            found[m["stack"]].add(int(m["i"]))
+    for stack, (field_name, n) in stacks.items():
+        if found[stack] != set(range(n)):
+            have = sorted(found[stack])
+            span = f"{len(have)} layers numbered {have[0]}..{have[-1]}" if have else "no layers"
+            raise ValueError(f"{where} says {field_name} = {n}, but the checkpoint has {span} ({stack}.N.*)")
 
 
 def build_on_meta(cfg: Gemma3Config) -> Gemma3Base:
@@ -292,14 +424,19 @@ def load_hf_model(folder: str | Path, dtype: torch.dtype = torch.float32, device
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist")
     cfg = read_config(folder)
+    tensors = checkpoint_tensors(folder)
+    check_layer_counts(cfg, tensors, str(folder / "config.json"))  # before building: a wrong count fails fast
     model = build_on_meta(cfg)
-    plan = loading_plan(model, checkpoint_tensors(folder))
+    plan = loading_plan(model, tensors)
     for path, names in tqdm(sorted(plan.items()), desc=f"loading {cfg.name}", unit="shard", disable=not progress):
         # pread, not mmap: a memory map keeps every page read so far resident until the shard is closed,
         # which would double the peak memory of a single-file checkpoint.
-        with safe_open(str(path), framework="pt", backend="pread") as f:
-            for ours, theirs in names:
-                _place(model, ours, f.get_tensor(theirs).to(device=device, dtype=dtype))
+        try:
+            with safe_open(str(path), framework="pt", backend="pread") as f:
+                for ours, theirs in names:
+                    _place(model, ours, f.get_tensor(theirs).to(device=device, dtype=dtype))
+        except SafetensorError as e:  # e.g. tensors overlapping or leaving gaps in the data
+            raise ValueError(f"shard {path} could not be read ({e}); download it again") from e
     model.tie_weights()  # the head reads the embedding table again
     return model.eval()
 

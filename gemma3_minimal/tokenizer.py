@@ -14,10 +14,11 @@ make the ids equal to transformers' tokenizer loaded from the same file:
 
 from __future__ import annotations
 
+import hashlib
 import operator
-import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import gguf
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from .assets import cache_dir, expected_sha256, gguf_path
+from .assets import cache_dir, expected_sha256, gguf_path, sha256_file, write_atomically
 
 # GGUF token types (llama.cpp) -> SentencePiece piece types; both number them the same way.
 _NORMAL, _UNKNOWN, _USER_DEFINED = 1, 2, 4
@@ -86,16 +87,23 @@ def build_model_proto(gguf_file: str | Path) -> bytes:
 
 
 def model_file() -> Path:
-    """The cached `.model` file, built once from the verified GGUF (its name carries the GGUF's sha256)."""
+    """The cached `.model` file, built once from the verified GGUF (its name carries the GGUF's sha256).
+
+    A sidecar `<name>.sha256` records the sha256 of the file written; a file that no longer matches
+    it (truncated, edited) is rebuilt from the GGUF with a warning that names it.
+    """
     target = cache_dir() / f"gemma3_tokenizer_{expected_sha256()[:16]}_v{_BUILD_VERSION}.model"
-    if not target.exists():
-        data = build_model_proto(gguf_path())
-        # Write beside the target, then rename: a racing process never reads half a file.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".model.tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+    checksum = target.with_name(target.name + ".sha256")
+    if target.exists():
+        recorded = checksum.read_text().strip() if checksum.is_file() else None
+        if recorded is not None and sha256_file(target) == recorded:
+            return target
+        problem = "has no recorded sha256" if recorded is None else "does not match the sha256 recorded when it was written"
+        warnings.warn(f"tokenizer cache {target} {problem}; rebuilding it from the verified GGUF", stacklevel=2)
+    data = build_model_proto(gguf_path())
+    # Each file is written beside its target, then renamed: a racing process never reads half a file.
+    write_atomically(checksum, lambda partial: partial.write_text(hashlib.sha256(data).hexdigest() + "\n"))
+    write_atomically(target, lambda partial: partial.write_bytes(data))
     return target
 
 

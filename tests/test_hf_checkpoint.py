@@ -3,13 +3,17 @@ the official configs of every size map to our presets; bad folders fail with err
 
 import json
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gemma3_minimal import Gemma3ForCausalLM, Gemma3ForConditionalGeneration, get_config, load_pretrained
-from gemma3_minimal.hf_checkpoint import build_on_meta, config_from_hf, load_hf_model
+from gemma3_minimal.config import TINY_VISION
+from gemma3_minimal.hf_checkpoint import build_on_meta, checkpoint_tensors, config_from_hf, load_hf_model, loading_plan
 from gemma3_minimal.pretrained import CHECKPOINT_ENV, default_checkpoint, load_model
 from hf_reference import random_pair
 
@@ -63,8 +67,6 @@ def test_text_checkpoint_logits_equal_transformers(text_folders, kind):
 
 
 def test_bfloat16_load_casts_every_tensor_and_ties_the_head(text_folders):
-    from safetensors.torch import load_file
-
     folder = text_folders / "single"
     model = load_hf_model(folder, dtype=torch.bfloat16, progress=False)
     stored = load_file(folder / "model.safetensors")
@@ -211,13 +213,22 @@ def test_tensor_with_wrong_shape(broken):
         load_hf_model(broken, progress=False)
 
 
-def test_missing_and_unexpected_tensors_are_named(broken):
+def test_layer_count_differing_from_the_checkpoint_fails_fast(broken):
     edit_config(broken, num_hidden_layers=9, layer_types=TINY.replace(num_hidden_layers=9).layer_types)  # no layer 8
-    with pytest.raises(ValueError, match=r"missing \['model\.layers\.8\.input_layernorm\.weight'"):
+    with pytest.raises(ValueError, match=r"says num_hidden_layers = 9, but the checkpoint has 8 layers numbered 0\.\.7"):
         load_hf_model(broken, progress=False)
     edit_config(broken, num_hidden_layers=7, layer_types=TINY.layer_types[:7])  # layer 7 unexpected
-    with pytest.raises(ValueError, match=r"13 tensors unexpected \['model\.layers\.7\."):
+    with pytest.raises(ValueError, match=r"says num_hidden_layers = 7, but the checkpoint has 8 layers numbered 0\.\.7"):
         load_hf_model(broken, progress=False)
+
+
+def test_missing_and_unexpected_tensors_are_named(text_folders):
+    tensors = checkpoint_tensors(text_folders / "single")
+    del tensors["model.layers.3.mlp.up_proj.weight"]
+    tensors["model.extra.weight"] = (text_folders / "single" / "model.safetensors", [4])
+    with pytest.raises(ValueError, match=r"1 parameters missing \['model\.layers\.3\.mlp\.up_proj\.weight'\], "
+                                         r"1 tensors unexpected \['model\.extra\.weight'\]"):
+        loading_plan(build_on_meta(TINY), tensors)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -247,8 +258,6 @@ def test_layer_types_with_another_period_are_followed(broken):
 def rename_checkpoint(folder: Path, layout: str) -> None:
     """Rewrite the tensor names of transformers 5's save (`language_model.model.*`, `vision_tower.*`)
     into another layout that official checkpoints use."""
-    from safetensors.torch import load_file, save_file
-
     renames = {
         # the original conversion, as google/gemma-3-4b-it holds it
         "official": [("vision_tower.", "vision_tower.vision_model.")],
@@ -305,3 +314,226 @@ def test_multimodal_configs_gemma3_cannot_have(change, message):
     d = json.loads((OFFICIAL / "gemma-3-4b-it.json").read_text())
     with pytest.raises(ValueError, match=message):
         config_from_hf({**d, **change})
+
+
+# --- Hostile folders: dtypes, headers, paths, config values, malformed JSON (issue 14) -------------
+
+
+def shard_of(folder: Path, tensor: str) -> Path:
+    return folder / json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"][tensor]
+
+
+def rewrite_header(path: Path, edit) -> None:
+    """Apply `edit` to a safetensors file's JSON header (a dict), keeping the data as it is."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+
+def edit_index(folder: Path, edit) -> None:
+    path = folder / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    edit(index)
+    path.write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.float8_e4m3fn, torch.complex64, torch.float64])
+def test_shard_dtypes_other_than_f32_f16_bf16_are_refused(broken, dtype):
+    path = shard_of(broken, "model.norm.weight")
+    state = load_file(path)
+    state["model.norm.weight"] = state["model.norm.weight"].to(dtype)
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"tensor model\.norm\.weight has dtype '\w+'; Gemma 3 weights are floating "
+                                         r"point, one of F32, F16, BF16"):
+        load_hf_model(broken, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_shards_load(broken, dtype):
+    path = shard_of(broken, "model.norm.weight")
+    state = load_file(path)
+    stored = {k: v.to(dtype) for k, v in state.items()}
+    save_file(stored, str(path), metadata={"format": "pt"})
+    model = load_hf_model(broken, progress=False)
+    assert torch.equal(model.model.norm.weight, stored["model.norm.weight"].float())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: info.update(dtype="I32"), r"has dtype 'I32'"),  # F32 bits relabelled as integers
+    (lambda info: info.update(dtype="F16"), r"spans \d+ bytes, but F16 \[64\] takes 128"),  # same bytes, other size
+    (lambda info: info.update(shape=[32]), r"spans 256 bytes, but F32 \[32\] takes 128"),
+    (lambda info: info.pop("data_offsets"), r"header entry of tensor model\.norm\.weight needs dtype, shape and data_offsets"),
+    (lambda info: info.update(data_offsets=None), r"has data_offsets None"),
+    (lambda info: info.update(shape="64"), r"has shape '64'"),
+])
+def test_relabelled_or_malformed_header_entries_are_refused(broken, edit, message):
+    path = shard_of(broken, "model.norm.weight")
+    rewrite_header(path, lambda header: edit(header["model.norm.weight"]))
+    with pytest.raises(ValueError, match=rf"shard .*{path.name}: .*{message}"):
+        load_hf_model(broken, progress=False)
+
+
+@pytest.mark.parametrize("entry", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_index_entries_outside_the_folder_are_refused(broken, entry):
+    edit_index(broken, lambda index: index["weight_map"].update({"model.norm.weight": entry}))
+    with pytest.raises(ValueError, match=rf"weight_map\['model\.norm\.weight'\]: shard file .* is outside the "
+                                         r"checkpoint folder .*; refused"):
+        load_hf_model(broken, progress=False)
+
+
+def test_symlinked_shard_outside_the_folder_is_refused(broken, tmp_path):
+    path = shard_of(broken, "model.norm.weight")
+    outside = tmp_path / "elsewhere.safetensors"
+    path.rename(outside)
+    path.symlink_to(outside)
+    with pytest.raises(ValueError, match=rf"shard file '{path.name}' resolves to .*elsewhere\.safetensors, outside the "
+                                         r"checkpoint folder .*; refused"):
+        load_hf_model(broken, progress=False)
+
+
+def test_hugging_face_cache_layout_with_symlinks_to_blobs_loads(text_folders, tmp_path):
+    """A hub download: snapshots/<revision>/<file> -> ../../blobs/<hash>; the one way out that is allowed."""
+    repo = tmp_path / "models--google--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for i, file in enumerate(sorted((text_folders / "sharded").iterdir())):
+        shutil.copy(file, repo / "blobs" / f"blob{i}")
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    ours = load_hf_model(snapshot, progress=False)
+    reference = load_hf_model(text_folders / "sharded", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values()))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(rms_norm_eps=-1e-6), "rms_norm_eps must be a finite number > 0, got -1e-06"),
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps must be a finite number > 0, got nan"),
+    (dict(rms_norm_eps="1e-6"), "rms_norm_eps must be a finite number > 0, got '1e-6'"),
+    (dict(rope_theta=0), r"rope_theta must be a finite number > 0, got 0"),
+    (dict(rope_theta=-1e4), r"rope_theta must be a finite number > 0"),
+    (dict(rope_local_base_freq=float("inf")), r"rope_local_base_freq must be a finite number > 0, got inf"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": float("nan")}), "rope_scaling_factor must be a finite number > 0, got nan"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 0.5}), "rope_scaling_factor must be >= 1, got 0.5"),
+    (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar must be a finite number > 0, got 0"),
+    (dict(sliding_window=0), "sliding_window must be a positive int, got 0"),
+    (dict(head_dim=15), "head_dim must be even"),
+    (dict(hidden_size=True), "hidden_size must be a positive int, got True"),
+    (dict(eos_token_id=-3), "eos_token_id must be an int token id >= 0 below vocab_size 512, got -3"),
+    (dict(bos_token_id=512), "bos_token_id must be an int token id >= 0 below vocab_size 512, got 512"),
+])
+def test_config_values_are_checked_before_loading(broken, change, message):
+    """rope_theta lives in rope_parameters in transformers 5's files; the 4.x keys are read when it is absent."""
+    path = broken / "config.json"
+    d = json.loads(path.read_text())
+    d.pop("rope_parameters", None)
+    d.update(change)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=rf"config\.json: {message}"):
+        load_hf_model(broken, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps must be a finite number > 0"),
+    (dict(rope_theta=0.0), "rope_theta must be a finite number > 0"),
+    (dict(rope_local_base_freq=-1.0), "rope_local_base_freq must be a finite number > 0"),
+    (dict(rope_scaling_factor=float("nan")), "rope_scaling_factor must be a finite number > 0"),
+    (dict(query_pre_attn_scalar=0), "query_pre_attn_scalar must be a finite number > 0"),
+    (dict(sliding_window=-4), "sliding_window must be a positive int"),
+    (dict(stop_token_ids=[1]), "stop_token_ids must be a non-empty tuple"),
+    (dict(pad_token_id=None), "pad_token_id must be an int token id"),
+])
+def test_hand_made_configs_get_the_same_checks(change, message):
+    with pytest.raises(ValueError, match=message):
+        TINY.replace(**change)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be a finite number > 0"),
+    (dict(patch_size=0), "patch_size must be a positive int, got 0"),
+    (dict(hidden_size=float("nan")), "hidden_size must be a positive int"),
+])
+def test_vision_config_values_are_checked(change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(TINY_VISION, **change)
+
+
+def test_a_huge_layer_count_fails_before_the_model_is_built(broken):
+    edit_config(broken, num_hidden_layers=1_000_000, layer_types=None)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"config\.json says num_hidden_layers = 1000000, but the checkpoint has 8 layers "
+                                         r"numbered 0\.\.7 \(model\.layers\.N\.\*\)"):
+        load_hf_model(broken, progress=False)
+    assert time.perf_counter() - start < 5  # building 10^6 layers on meta would take minutes
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda index: index["weight_map"].update({"model.norm.weight": 3}), r"weight_map\['model\.norm\.weight'\]: the shard file must be a file name, got 3"),
+    (lambda index: index["weight_map"].update({"model.norm.weight": None}), r"weight_map\['model\.norm\.weight'\]: the shard file must be a file name, got None"),
+    (lambda index: index.update(weight_map=[]), r"has no weight_map"),
+])
+def test_malformed_index_entries(broken, edit, message):
+    edit_index(broken, edit)
+    with pytest.raises(ValueError, match=rf"model\.safetensors\.index\.json.*{message}"):
+        load_hf_model(broken, progress=False)
+
+
+def test_index_or_config_that_is_not_an_object(broken):
+    (broken / "model.safetensors.index.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json holds a JSON list, not an object"):
+        load_hf_model(broken, progress=False)
+    (broken / "config.json").write_text('["gemma3_text"]')
+    with pytest.raises(ValueError, match=r"config\.json holds a JSON list, not an object"):
+        load_hf_model(broken, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(rope_scaling={"rope_type": "linear"}), r" rope_scaling has rope_type 'linear' but no factor"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": "8"}), r"rope_scaling: factor must be a number, got '8'"),
+    (dict(rope_scaling=[8.0]), r"rope_scaling must be an object, got \[8\.0\]"),
+    (dict(rope_theta=None), r": rope_theta must be a number, got None"),
+    (dict(eos_token_id=[]), r"eos_token_id is an empty list"),
+    (dict(eos_token_id=["<eos>"]), r"eos_token_id must be an int token id >= 0 below vocab_size 512, got '<eos>'"),
+    (dict(layer_types="full_attention"), r"layer_types must be a list of 'sliding_attention' and 'full_attention'"),
+    (dict(layer_types=[None] * 8), r"layer_types must be a list"),
+    (dict(num_hidden_layers=None), r"num_hidden_layers must be a positive int, got None"),
+])
+def test_malformed_config_values_name_the_file_and_key(broken, change, message):
+    path = broken / "config.json"
+    d = json.loads(path.read_text())
+    d.pop("rope_parameters", None)
+    d.update(change)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=rf"config\.json.*{message}"):
+        load_hf_model(broken, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(text_config=[1]), r"text_config must be an object"),
+    (dict(vision_config="siglip"), r"vision_config must be an object"),
+    (dict(rope_parameters={"full_attention": 1, "sliding_attention": {}}), None),
+])
+def test_malformed_multimodal_sections(change, message):
+    d = json.loads((OFFICIAL / "gemma-3-4b-it.json").read_text())
+    if "rope_parameters" in change:
+        d["text_config"] = {**d["text_config"], **change}
+        change, message = {}, r"rope_parameters: full_attention must be an object, got 1"
+    with pytest.raises(ValueError, match=rf"config\.json.*{message}"):
+        config_from_hf({**d, **change})
+
+
+def test_overlapping_tensors_in_a_shard_are_refused(broken):
+    """Each entry is self-consistent, but two tensors share bytes: safetensors' own check, reported as ours."""
+    path = shard_of(broken, "model.norm.weight")
+
+    def overlap(header):
+        others = [info for name, info in header.items() if name != "model.norm.weight" and name != "__metadata__"
+                  and info["data_offsets"][1] - info["data_offsets"][0] >= 256]
+        start = others[0]["data_offsets"][0]
+        header["model.norm.weight"]["data_offsets"] = [start, start + 256]
+
+    rewrite_header(path, overlap)
+    with pytest.raises(ValueError, match=rf"shard .*{path.name} could not be read \(.*\); download it again"):
+        load_hf_model(broken, progress=False)
