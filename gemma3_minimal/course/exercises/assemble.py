@@ -100,7 +100,7 @@ def _block_cases(n_random: int = 4, seed: int = 0) -> list[Case]:
 
 
 BLOCK_MISTAKES = (
-    Mistake("pre_norm_only", "Gemma 3 normalizes each sub-layer's output too (report section 2.1, pre- and "
+    Mistake("pre_norm_only", "Gemma 3 normalizes each sub-layer's output too (report section 2, pre- and "
             "post-norm): add attn_post_norm(attn(attn_norm(x))), not attn(attn_norm(x)); the same for the MLP.",
             _block_pre_norm_only),
     Mistake("norm_after_add", "the post-norm applies to the sub-layer's output *before* the residual add: "
@@ -279,7 +279,7 @@ FORWARD_MISTAKES = (
     Mistake("no_window", "local layers attend within `cfg.sliding_window`: pass the window to the "
             "\"sliding_attention\" layers and None to the global ones.", lambda ids, p: _forward(ids, p, windows=False)),
     Mistake("no_rope_scaling", "on 128K models the global layers' frequencies are divided by "
-            "`cfg.rope_scaling_factor` (8; report section 2.2): g3.rope_inv_freq(head_dim, rope_theta, "
+            "`cfg.rope_scaling_factor` (8; report section 2): g3.rope_inv_freq(head_dim, rope_theta, "
             "rope_scaling_factor).", lambda ids, p: _forward(ids, p, rope_scaling=False)),
     Mistake("no_final_norm", "apply the final RMSNorm (`parts.final_norm`) after the last block, before the head.",
             lambda ids, p: _forward(ids, p, final_norm=False)),
