@@ -16,6 +16,7 @@ import torch
 
 import gemma3_minimal as g3
 from gemma3_minimal.course import exercises as ex
+from gemma3_minimal.course.exercises.assemble import CAPSTONE_BLOCK_PARTS
 from gemma3_minimal.course.exercises.masks import _window_cases as window_cases
 from gemma3_minimal.masks import sliding_window_mask
 
@@ -62,8 +63,7 @@ EXERCISE_TABLE = [
     ("04_decoder_block.ipynb", "rms_norm", ex.check_rms_norm),
     ("04_decoder_block.ipynb", "repeat_kv", ex.check_repeat_kv),
     ("05_kv_cache_and_memory.ipynb", "kv_cache_bytes", ex.check_kv_cache_bytes),
-    ("06_assemble_gemma3.ipynb", "decoder_block", ex.check_decoder_block),
-    ("06_assemble_gemma3.ipynb", "ring_write", ex.check_ring_write),
+    ("06_assemble_gemma3.ipynb", "our_name", ex.check_name_map),
     ("06_assemble_gemma3.ipynb", "gemma_forward", ex.check_gemma_forward),
     ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
@@ -181,26 +181,21 @@ def target_counts(logits, k, seed):
     return torch.nn.functional.one_hot(drawn, probs.shape[-1]).sum(1).float()
 
 
-def block_pre_norm_only(x, parts):
-    h = x + parts.attn(parts.attn_norm(x))
-    return h + parts.mlp(parts.mlp_norm(h))
+def name_map_with(parts=None, head="skip", suffix=".weight"):
+    """A learner's checkpoint-to-capstone name map; `parts` overrides the per-layer table."""
+    table = {**CAPSTONE_BLOCK_PARTS, **(parts or {})}
 
+    def our_name(name):
+        if name == "lm_head.weight":
+            return None if head == "skip" else head
+        if name == "model.embed_tokens.weight":
+            return "embed" + suffix
+        if name == "model.norm.weight":
+            return "final_norm" + suffix
+        _, _, layer, rest = name.split(".", 3)
+        return f"blocks.{layer}.{table[rest.removesuffix('.weight')]}{suffix}"
 
-def block_parallel(x, parts):
-    attention = parts.attn_post_norm(parts.attn(parts.attn_norm(x)))
-    return x + attention + parts.mlp_post_norm(parts.mlp(parts.mlp_norm(x)))
-
-
-def ring_shifted(cache, new, positions):
-    for row in new:  # drop the oldest row, append the new one
-        cache = torch.cat([cache[1:], row[None]])
-    return cache
-
-
-def ring_first_rows(cache, new, positions):
-    for p, row in zip(positions[: len(cache)].tolist(), new):
-        cache[p % len(cache)] = row
-    return cache
+    return our_name
 
 
 def forward_with(rope_base=None, scale=True, scaling=True):
@@ -248,10 +243,10 @@ WRONG_ANSWERS = [
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
     (ex.check_sampled_target, target_teacher_probs, "teacher_probs_renormalized"),
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
-    (ex.check_decoder_block, block_pre_norm_only, "pre_norm_only"),
-    (ex.check_decoder_block, block_parallel, "parallel_mlp"),
-    (ex.check_ring_write, ring_shifted, "shifted_window"),
-    (ex.check_ring_write, ring_first_rows, "first_of_chunk"),
+    (ex.check_name_map, name_map_with({"post_attention_layernorm": "mlp_norm", "pre_feedforward_layernorm": "attn_post_norm"}),
+     "llama_norm_names"),
+    (ex.check_name_map, name_map_with(head="embed.weight"), "head_into_embedding"),
+    (ex.check_name_map, name_map_with(suffix=""), "weight_suffix_dropped"),
     (ex.check_gemma_forward, forward_with(scale=False), "no_embedding_scale"),
     (ex.check_gemma_forward, forward_with(rope_base=lambda cfg, kind: cfg.rope_local_base_freq), "one_rope_table"),
     (ex.check_gemma_forward, forward_with(scaling=False), "no_rope_scaling"),

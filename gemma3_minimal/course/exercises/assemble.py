@@ -1,9 +1,9 @@
-"""Exercise checkers for the capstone "Assemble Gemma 3": a block from its parts, the ring-buffer
-write across the wrap-around, and the per-layer dispatch of a full forward pass."""
+"""Exercise checkers for the capstone "Assemble Gemma 3": the name map that loads a checkpoint into
+the learner's modules, and the full forward pass with its per-layer dispatch (RoPE table and window)."""
 
 from __future__ import annotations
 
-import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 
 from ...config import LOCAL, Gemma3Config, get_config
-from ...kv_cache import LayerCache
 from ...model import DecoderLayer, Gemma3ForCausalLM
 from ...rope import rope_cos_sin, rope_inv_freq
 from .engine import Case, CheckResult, Mistake, run_check
@@ -27,169 +26,78 @@ def _randomize(module: nn.Module, seed: int) -> None:
             p.requires_grad_(False)
 
 
-# --- 1. a decoder block from its parts ----------------------------------------------------------
+# --- 1. loading by name: the checkpoint's names -> the capstone's ----------------------------------
+
+# The capstone's module names for each tensor of a checkpoint layer (notebook "Assemble Gemma 3", section 3).
+CAPSTONE_BLOCK_PARTS = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.o",
+    "self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm",
+    "post_attention_layernorm": "attn_post_norm",
+    "pre_feedforward_layernorm": "mlp_norm",
+    "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.up", "mlp.down_proj": "mlp.down",
+    "post_feedforward_layernorm": "mlp_post_norm",
+}
+CAPSTONE_TOP_LEVEL = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "final_norm.weight"}
+LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 
 
-@dataclass(frozen=True)
-class BlockParts:
-    """The sub-layers of one decoder block, each a callable [B, T, hidden] -> [B, T, hidden].
-
-    `attn` already knows its mask and RoPE table. `layer`, `rope` and `positions` are the
-    library's block these parts come from, which the checker uses as the reference.
-    """
-
-    attn_norm: Callable[[torch.Tensor], torch.Tensor]
-    attn: Callable[[torch.Tensor], torch.Tensor]
-    attn_post_norm: Callable[[torch.Tensor], torch.Tensor]
-    mlp_norm: Callable[[torch.Tensor], torch.Tensor]
-    mlp: Callable[[torch.Tensor], torch.Tensor]
-    mlp_post_norm: Callable[[torch.Tensor], torch.Tensor]
-    layer: DecoderLayer
-    rope: tuple[torch.Tensor, torch.Tensor]
-    positions: torch.Tensor
+def _name_reference(name: str) -> Optional[str]:
+    """The capstone's parameter for checkpoint tensor `name`; None for the tied head (nothing to load)."""
+    if name == "lm_head.weight":
+        return None
+    if name in CAPSTONE_TOP_LEVEL:
+        return CAPSTONE_TOP_LEVEL[name]
+    layer, part = LAYER_NAME.fullmatch(name).groups()
+    return f"blocks.{layer}.{CAPSTONE_BLOCK_PARTS[part]}.weight"
 
 
-def block_parts(cfg: Gemma3Config, layer_idx: int, seq_len: int, seed: int = 0) -> BlockParts:
-    """The parts of the library's block `layer_idx` of `cfg` with random weights, for `seq_len` tokens."""
-    layer = DecoderLayer(cfg, layer_idx).eval()
-    _randomize(layer, seed)
-    positions = torch.arange(seq_len)
-    base = cfg.rope_local_base_freq if layer.is_sliding else cfg.rope_theta
-    cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, base))
-    return BlockParts(
-        attn_norm=layer.input_layernorm, attn=lambda h: layer.self_attn(h, cos, sin, positions),
-        attn_post_norm=layer.post_attention_layernorm, mlp_norm=layer.pre_feedforward_layernorm,
-        mlp=layer.mlp, mlp_post_norm=layer.post_feedforward_layernorm, layer=layer, rope=(cos, sin),
-        positions=positions,
-    )
+def _name_llama_norms(name: str) -> Optional[str]:
+    swapped = {"post_attention_layernorm": "pre_feedforward_layernorm", "pre_feedforward_layernorm": "post_attention_layernorm"}
+    for old, new in swapped.items():
+        if f".{old}." in name:
+            return _name_reference(name.replace(f".{old}.", f".{new}."))
+    return _name_reference(name)
 
 
-def _block_reference(x: torch.Tensor, parts: BlockParts) -> torch.Tensor:
-    with torch.no_grad():
-        return parts.layer(x, parts.rope, parts.positions)
+def _name_head_into_embedding(name: str) -> Optional[str]:
+    return "embed.weight" if name == "lm_head.weight" else _name_reference(name)
 
 
-def _block_pre_norm_only(x, p):
-    x = x + p.attn(p.attn_norm(x))
-    return x + p.mlp(p.mlp_norm(x))
+def _name_no_suffix(name: str) -> Optional[str]:
+    ours = _name_reference(name)
+    return None if ours is None else ours.removesuffix(".weight")
 
 
-def _block_norm_after_add(x, p):
-    x = p.attn_post_norm(x + p.attn(p.attn_norm(x)))
-    return p.mlp_post_norm(x + p.mlp(p.mlp_norm(x)))
+def _name_cases() -> list[Case]:
+    with torch.device("meta"):  # the names of the real 270M's checkpoint, without memory
+        names = list(Gemma3ForCausalLM(get_config("270m")).state_dict())
+    first = ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "lm_head.weight",
+             "model.layers.3.post_attention_layernorm.weight", "model.layers.17.pre_feedforward_layernorm.weight"]
+    return [Case(repr(name), (name,)) for name in first + [n for n in names if n not in first]]
 
 
-def _block_parallel(x, p):
-    return x + p.attn_post_norm(p.attn(p.attn_norm(x))) + p.mlp_post_norm(p.mlp(p.mlp_norm(x)))
-
-
-def _block_cases(n_random: int = 4, seed: int = 0) -> list[Case]:
-    tiny = get_config("tiny")
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    specs = [(0, 1, 12, 1.0), (5, 1, 12, 1.0), (3, 2, 5, 1.0), (5, 1, 1, 30.0)]  # local, global, batch 2, one token
-    specs += [(rng.randrange(tiny.num_hidden_layers), rng.randint(1, 2), rng.randint(2, 16), rng.choice([0.5, 1.0, 10.0]))
-              for _ in range(n_random)]
-    cases = []
-    for i, (layer_idx, batch, seq_len, scale) in enumerate(specs):
-        kind = "local" if tiny.layer_types[layer_idx] == LOCAL else "global"
-        x = scale * torch.randn(batch, seq_len, tiny.hidden_size, generator=gen)
-        cases.append(Case(f"x of shape {list(x.shape)}, parts of tiny layer {layer_idx} ({kind})",
-                          (x, block_parts(tiny, layer_idx, seq_len, seed=100 + i))))
-    return cases
-
-
-BLOCK_MISTAKES = (
-    Mistake("pre_norm_only", "Gemma 3 normalizes each sub-layer's output too (report section 2, pre- and "
-            "post-norm): add attn_post_norm(attn(attn_norm(x))), not attn(attn_norm(x)); the same for the MLP.",
-            _block_pre_norm_only),
-    Mistake("norm_after_add", "the post-norm applies to the sub-layer's output *before* the residual add: "
-            "x + attn_post_norm(...). Normalizing x + ... would rescale the residual stream itself.",
-            _block_norm_after_add),
-    Mistake("parallel_mlp", "the MLP reads x *after* the attention's residual add: first "
-            "x = x + attention part, then x = x + MLP part of that new x (sequential, not parallel).",
-            _block_parallel),
+NAME_MISTAKES = (
+    Mistake("llama_norm_names", "in Gemma 2 and 3, `post_attention_layernorm` is the norm *after* the attention "
+            "(our attn_post_norm) and `pre_feedforward_layernorm` the one before the MLP (our mlp_norm). In Llama, "
+            "`post_attention_layernorm` is the norm before the MLP: the same name means another norm there.",
+            _name_llama_norms),
+    Mistake("head_into_embedding", "the head is tied: our model has no head tensor (logits = x @ embed.weight.T), "
+            "so `lm_head.weight` maps to None and is skipped; the embedding comes from `model.embed_tokens.weight`.",
+            _name_head_into_embedding),
+    Mistake("weight_suffix_dropped", "keep the `.weight` suffix: parameter names end with it, "
+            "'blocks.3.attn.q.weight' as `model.named_parameters()` lists them.", _name_no_suffix),
 )
 
 
-def check_decoder_block(fn: Callable[[torch.Tensor, BlockParts], torch.Tensor]) -> CheckResult:
-    """`fn(x [B, T, hidden], parts) -> [B, T, hidden]`: one Gemma 3 decoder block from its six parts."""
-    return run_check("decoder_block", fn, _block_cases(), _block_reference, "gemma3_minimal.model.DecoderLayer",
-                     BLOCK_MISTAKES, "x = x + post_norm(attention(pre_norm(x))), then the same with the MLP's two norms.")
+def check_name_map(fn: Callable[[str], Optional[str]]) -> CheckResult:
+    """`fn(checkpoint_name) -> our name or None`: the capstone's name map, over every tensor of the 270M."""
+    return run_check("our_name", fn, _name_cases(), _name_reference, "the capstone's name table",
+                     NAME_MISTAKES, "split 'model.layers.<i>.<part>.weight' into the layer index and the part, "
+                     "then look the part up in the table above.")
 
 
-# --- 2. the ring-buffer write ------------------------------------------------------------------
-
-
-def _ring_reference(cache: torch.Tensor, new: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    slots, dim = cache.shape
-    layer = LayerCache(1, 1, slots, dim, ring=True, dtype=cache.dtype, device=cache.device)
-    layer.k[0, 0] = cache
-    layer.write(new[None, None], new[None, None], positions)
-    return layer.k[0, 0]
-
-
-def _ring_shifted(cache, new, positions):
-    return torch.cat([cache, new])[-cache.shape[0]:]
-
-
-def _ring_first_of_chunk(cache, new, positions):
-    out, slots = cache.clone(), cache.shape[0]
-    out[positions[:slots] % slots] = new[:slots]
-    return out
-
-
-def _ring_chunk_index(cache, new, positions):
-    out = cache.clone()
-    out[: new.shape[0]] = new
-    return out
-
-
-def _held(slots: int, length: int) -> torch.Tensor:
-    """[slots, 1] float: the positions a ring of `slots` holds after `length` positions (-1: empty)."""
-    pos = torch.full((slots,), -1.0)
-    for p in range(length):
-        pos[p % slots] = p
-    return pos[:, None]
-
-
-def _ring_cases(n_random: int = 6, seed: int = 0) -> list[Case]:
-    def visible(slots: int, length: int, new: int) -> Case:
-        positions = torch.arange(length, length + new)
-        return Case(f"{slots} slots holding positions {_held(slots, length).flatten().long().tolist()} (as values), "
-                    f"new positions {positions.tolist()}",
-                    (_held(slots, length), positions[:, None].float(), positions))
-
-    cases = [visible(4, 4, 1), visible(4, 6, 2), visible(8, 0, 3), visible(4, 0, 10), visible(8, 13, 5)]
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    for _ in range(n_random):
-        slots, dim = rng.randint(2, 12), rng.randint(1, 8)
-        length, new = rng.randint(0, 3 * slots), rng.randint(1, 2 * slots)
-        positions = torch.arange(length, length + new)
-        cases.append(Case(f"cache [{slots}, {dim}] after {length} positions, new positions {length}..{length + new - 1}",
-                          (torch.randn(slots, dim, generator=gen), torch.randn(new, dim, generator=gen), positions)))
-    return cases
-
-
-RING_MISTAKES = (
-    Mistake("shifted_window", "a ring never moves what it holds: position p goes to slot p % slots and "
-            "overwrites only the position that left the window (shifting copies the whole buffer every step).",
-            _ring_shifted),
-    Mistake("first_of_chunk", "when a chunk is longer than the ring, keep its *last* `slots` positions: "
-            "those are the ones later queries can still see.", _ring_first_of_chunk),
-    Mistake("slot_from_chunk_index", "the slot comes from the position, p % slots, not from the token's "
-            "index inside the new chunk.", _ring_chunk_index),
-)
-
-
-def check_ring_write(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> CheckResult:
-    """`fn(cache [slots, D], new [T, D], positions [T]) -> cache [slots, D]`: the ring after writing `new`."""
-    return run_check("ring_write", fn, _ring_cases(), _ring_reference, "gemma3_minimal.kv_cache.LayerCache.write",
-                     RING_MISTAKES, "keep the last `slots` new rows, and write row p at slot p % slots.")
-
-
-# --- 3. the full forward pass and its per-layer dispatch ----------------------------------------
+# --- 2. the full forward pass and its per-layer dispatch ----------------------------------------
 
 
 class _Block:
@@ -276,12 +184,12 @@ FORWARD_MISTAKES = (
     Mistake("rope_tables_swapped", "the tables are swapped: local (\"sliding_attention\") layers take base "
             "`rope_local_base_freq` (10k), global (\"full_attention\") layers `rope_theta` (1M).",
             lambda ids, p: _forward(ids, p, rope="swapped")),
-    Mistake("no_window", "local layers attend within `cfg.sliding_window`: pass the window to the "
+    Mistake("all_layers_global", "local layers attend within `cfg.sliding_window`: pass the window to the "
             "\"sliding_attention\" layers and None to the global ones.", lambda ids, p: _forward(ids, p, windows=False)),
     Mistake("no_rope_scaling", "on 128K models the global layers' frequencies are divided by "
-            "`cfg.rope_scaling_factor` (8; report section 2): g3.rope_inv_freq(head_dim, rope_theta, "
+            "`cfg.rope_scaling_factor` (8; report section 5.3): g3.rope_inv_freq(head_dim, rope_theta, "
             "rope_scaling_factor).", lambda ids, p: _forward(ids, p, rope_scaling=False)),
-    Mistake("no_final_norm", "apply the final RMSNorm (`parts.final_norm`) after the last block, before the head.",
+    Mistake("final_norm_skipped", "apply the final RMSNorm (`parts.final_norm`) after the last block, before the head.",
             lambda ids, p: _forward(ids, p, final_norm=False)),
 )
 
