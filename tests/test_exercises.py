@@ -16,7 +16,7 @@ import torch
 
 import gemma3_minimal as g3
 from gemma3_minimal.course import exercises as ex
-from gemma3_minimal.course.exercises.assemble import CAPSTONE_BLOCK_PARTS
+from gemma3_minimal.course.exercises.assemble import CAPSTONE_BLOCK_PARTS, CAPSTONE_TOP_LEVEL
 from gemma3_minimal.course.exercises.masks import _window_cases as window_cases
 from gemma3_minimal.masks import sliding_window_mask
 
@@ -276,6 +276,15 @@ def test_each_checker_is_tested_against_two_different_mistakes():
 def test_mistake_names_are_unique():
     names = [m.name for k, v in vars(ex).items() if k.endswith("_MISTAKES") for m in v]
     assert len(names) == len(set(names))
+
+
+def test_the_name_map_exercise_uses_the_capstone_notebooks_names():
+    """check_name_map's table is the one the capstone notebook loads the real 270M with."""
+    capstone = next((ROOT / "notebooks").glob("[0-9][0-9]_assemble_gemma3.ipynb"))
+    source = next(c.source for c in nbformat.read(capstone, as_version=4).cells if c.source.startswith("BLOCK_PARTS = {"))
+    namespace, _ = run_cells(["import re\nimport torch\nimport torch.nn as nn", source])
+    assert namespace["BLOCK_PARTS"] == CAPSTONE_BLOCK_PARTS
+    assert namespace["TOP_LEVEL"] == CAPSTONE_TOP_LEVEL
 
 
 # --- how a learner's failures are reported ------------------------------------------------------
