@@ -243,8 +243,8 @@ WRONG_ANSWERS = [
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
     (ex.check_sampled_target, target_teacher_probs, "teacher_probs_renormalized"),
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
-    (ex.check_name_map, name_map_with({"post_attention_layernorm": "mlp_norm", "pre_feedforward_layernorm": "attn_post_norm"}),
-     "llama_norm_names"),
+    (ex.check_name_map, name_map_with({"post_attention_layernorm": "mlp_norm",  # Llama's meaning of the name
+                                       "pre_feedforward_layernorm": "attn_post_norm"}), "llama_norm_names"),
     (ex.check_name_map, name_map_with(head="embed.weight"), "head_into_embedding"),
     (ex.check_name_map, name_map_with(suffix=""), "weight_suffix_dropped"),
     (ex.check_gemma_forward, forward_with(scale=False), "no_embedding_scale"),
@@ -281,7 +281,8 @@ def test_mistake_names_are_unique():
 def test_the_name_map_exercise_uses_the_capstone_notebooks_names():
     """check_name_map's table is the one the capstone notebook loads the real 270M with."""
     capstone = next((ROOT / "notebooks").glob("[0-9][0-9]_assemble_gemma3.ipynb"))
-    source = next(c.source for c in nbformat.read(capstone, as_version=4).cells if c.source.startswith("BLOCK_PARTS = {"))
+    cells = nbformat.read(capstone, as_version=4).cells
+    source = next(c.source for c in cells if c.source.startswith("BLOCK_PARTS = {"))
     namespace, _ = run_cells(["import re\nimport torch\nimport torch.nn as nn", source])
     assert namespace["BLOCK_PARTS"] == CAPSTONE_BLOCK_PARTS
     assert namespace["TOP_LEVEL"] == CAPSTONE_TOP_LEVEL

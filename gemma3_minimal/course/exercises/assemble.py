@@ -31,7 +31,8 @@ def _randomize(module: nn.Module, seed: int) -> None:
 # The capstone's module names for each tensor of a checkpoint layer (notebook "Assemble Gemma 3", section 3).
 CAPSTONE_BLOCK_PARTS = {
     "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.o",
+    "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k",
+    "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.o",
     "self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm",
     "post_attention_layernorm": "attn_post_norm",
     "pre_feedforward_layernorm": "mlp_norm",
@@ -53,7 +54,8 @@ def _name_reference(name: str) -> Optional[str]:
 
 
 def _name_llama_norms(name: str) -> Optional[str]:
-    swapped = {"post_attention_layernorm": "pre_feedforward_layernorm", "pre_feedforward_layernorm": "post_attention_layernorm"}
+    swapped = {"post_attention_layernorm": "pre_feedforward_layernorm",
+               "pre_feedforward_layernorm": "post_attention_layernorm"}
     for old, new in swapped.items():
         if f".{old}." in name:
             return _name_reference(name.replace(f".{old}.", f".{new}."))
@@ -185,7 +187,8 @@ FORWARD_MISTAKES = (
             "`rope_local_base_freq` (10k), global (\"full_attention\") layers `rope_theta` (1M).",
             lambda ids, p: _forward(ids, p, rope="swapped")),
     Mistake("all_layers_global", "local layers attend within `cfg.sliding_window`: pass the window to the "
-            "\"sliding_attention\" layers and None to the global ones.", lambda ids, p: _forward(ids, p, windows=False)),
+            "\"sliding_attention\" layers and None to the global ones.",
+            lambda ids, p: _forward(ids, p, windows=False)),
     Mistake("no_rope_scaling", "on 128K models the global layers' frequencies are divided by "
             "`cfg.rope_scaling_factor` (8; report section 5.3): g3.rope_inv_freq(head_dim, rope_theta, "
             "rope_scaling_factor).", lambda ids, p: _forward(ids, p, rope_scaling=False)),
