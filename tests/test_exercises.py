@@ -16,8 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gemma3_minimal as g3
 from gemma3_minimal import rope
 from gemma3_minimal.course import exercises as ex
+from gemma3_minimal.course.exercises.assemble import CAPSTONE_BLOCK_PARTS, CAPSTONE_TOP_LEVEL
 from gemma3_minimal.course.exercises.masks import _window_cases as window_cases
 from gemma3_minimal.course.exercises.predictions import PREDICTIONS
 from gemma3_minimal.masks import sliding_window_mask
@@ -74,6 +76,8 @@ EXERCISE_TABLE = [
     ("05_kv_cache_and_memory.ipynb", "ring_write", ex.check_ring_write),
     ("05_kv_cache_and_memory.ipynb", "parameter_counts", ex.check_parameter_counts),
     ("05_kv_cache_and_memory.ipynb", "generate", ex.check_generate),
+    ("06_assemble_gemma3.ipynb", "our_name", ex.check_name_map),
+    ("06_assemble_gemma3.ipynb", "gemma_forward", ex.check_gemma_forward),
     ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
     ("06_siglip_compression.ipynb", "image_mask", ex.check_image_mask),
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
@@ -368,6 +372,41 @@ def boxes_with(width, height, n, size=math.ceil, wide=None):
     return [(0, y, width, min(y + h, height)) for y in range(0, h * n, h)]
 
 
+def name_map_with(parts=None, head="skip", suffix=".weight"):
+    """A learner's checkpoint-to-capstone name map; `parts` overrides the per-layer table."""
+    table = {**CAPSTONE_BLOCK_PARTS, **(parts or {})}
+
+    def our_name(name):
+        if name == "lm_head.weight":
+            return None if head == "skip" else head
+        if name == "model.embed_tokens.weight":
+            return "embed" + suffix
+        if name == "model.norm.weight":
+            return "final_norm" + suffix
+        _, _, layer, rest = name.split(".", 3)
+        return f"blocks.{layer}.{table[rest.removesuffix('.weight')]}{suffix}"
+
+    return our_name
+
+
+def forward_with(rope_base=None, scale=True, scaling=True):
+    """A learner's full forward pass; rope_base(cfg, kind) picks the RoPE base (None: by layer type)."""
+
+    def gemma_forward(ids, parts):
+        cfg = parts.cfg
+        pos = torch.arange(ids.shape[1])
+        x = parts.embed(ids) * (math.sqrt(cfg.hidden_size) if scale else 1)
+        for block, kind in zip(parts.blocks, cfg.layer_types):
+            local = kind == "sliding_attention"
+            base = rope_base(cfg, kind) if rope_base else (cfg.rope_local_base_freq if local else cfg.rope_theta)
+            factor = cfg.rope_scaling_factor if scaling and base == cfg.rope_theta else 1.0
+            cos, sin = g3.rope_cos_sin(pos, g3.rope_inv_freq(cfg.head_dim, base, factor))
+            x = block(x, cos, sin, pos, cfg.sliding_window if local else None)
+        return parts.final_norm(x) @ parts.embed.weight.T
+
+    return gemma_forward
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -426,6 +465,15 @@ WRONG_ANSWERS = [
     (ex.check_image_mask, lambda m, w: image_mask_with(m, w, one_group=True), "images_merged"),
     (ex.check_crop_boxes, lambda w, h, n: boxes_with(w, h, n, size=lambda v: int(v)), "floor_size"),
     (ex.check_crop_boxes, lambda w, h, n: boxes_with(w, h, n, wide=True), "always_horizontal"),
+
+
+    (ex.check_name_map, name_map_with({"post_attention_layernorm": "mlp_norm",  # Llama's meaning of the name
+                                       "pre_feedforward_layernorm": "attn_post_norm"}), "llama_norm_names"),
+    (ex.check_name_map, name_map_with(head="embed.weight"), "head_into_embedding"),
+    (ex.check_name_map, name_map_with(suffix=""), "weight_suffix_dropped"),
+    (ex.check_gemma_forward, forward_with(scale=False), "no_embedding_scale"),
+    (ex.check_gemma_forward, forward_with(rope_base=lambda cfg, kind: cfg.rope_local_base_freq), "one_rope_table"),
+    (ex.check_gemma_forward, forward_with(scaling=False), "no_rope_scaling"),
 ]
 
 
@@ -455,6 +503,16 @@ def test_each_checker_is_tested_against_two_different_mistakes():
 def test_mistake_names_are_unique():
     names = [m.name for table in mistake_tables() for m in table]
     assert len(names) > 50 and len(names) == len(set(names))
+
+
+def test_the_name_map_exercise_uses_the_capstone_notebooks_names():
+    """check_name_map's table is the one the capstone notebook loads the real 270M with."""
+    capstone = next((ROOT / "notebooks").glob("[0-9][0-9]_assemble_gemma3.ipynb"))
+    cells = nbformat.read(capstone, as_version=4).cells
+    source = next(c.source for c in cells if c.source.startswith("BLOCK_PARTS = {"))
+    namespace, _ = run_cells(["import re\nimport torch\nimport torch.nn as nn", source])
+    assert namespace["BLOCK_PARTS"] == CAPSTONE_BLOCK_PARTS
+    assert namespace["TOP_LEVEL"] == CAPSTONE_TOP_LEVEL
 
 
 # --- how a learner's failures are reported ------------------------------------------------------
@@ -509,7 +567,8 @@ def solution_notebooks() -> list[Path]:
 
 
 def test_every_core_notebook_has_exercises():
-    assert [p.name[:2] for p in solution_notebooks()] == [f"{n:02d}" for n in range(1, 9)]
+    # Two notebooks share 06 until the lead renumbers the course (the capstone and SigLIP).
+    assert sorted({p.name[:2] for p in solution_notebooks()}) == [f"{n:02d}" for n in range(1, 9)]
     assert {notebook for notebook, _, _ in EXERCISE_TABLE} == {p.name for p in solution_notebooks()}
 
 

@@ -9,6 +9,7 @@ hint that names a typical mistake when the learner's output equals that of a kno
     result.passed, result.mistake                              # True, None
 """
 
+from .assemble import check_gemma_forward, check_name_map
 from .decoder_block import check_attention_forward, check_decoder_block, check_repeat_kv, check_rms_norm
 from .distillation import check_sampled_target
 from .engine import Case, CheckResult, Mistake, difference, run_check
