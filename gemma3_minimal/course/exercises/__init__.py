@@ -13,6 +13,7 @@ from .decoder_block import check_repeat_kv, check_rms_norm
 from .distillation import check_sampled_target
 from .engine import Case, CheckResult, Mistake, difference, run_check
 from .kv_cache import check_kv_cache_bytes
+from .long_context import check_answer_log_prob, check_visible_positions
 from .masks import check_sliding_window_mask
 from .pan_and_scan import check_pan_and_scan_crop_count
 from .rope import check_rope
