@@ -20,6 +20,7 @@ from gemma3_minimal.masks import attention_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "long_context.json"
+LAYOUTS = ROOT / "benchmarks" / "results" / "long_context_16k.json"  # benchmarks/long_context.py
 NOTEBOOK = ROOT / "notebooks" / "07_long_context.ipynb"
 
 
@@ -120,7 +121,8 @@ def test_read_long_equals_plain_forward_passes(tiny, tok):
         assert [a["length"] for a in read.answers] == checkpoints
         for row in read.answers:
             whole = torch.tensor(ids[:row["length"]] + question + answer)
-            direct = tiny(whole[None])[0]
+            with torch.no_grad():
+                direct = tiny(whole[None])[0]
             n = row["length"] + len(question)
             assert row["log_prob"] == pytest.approx(float(lc.answer_log_prob(direct, whole, n)), abs=1e-4)
             assert row["correct"] == lc.answer_correct(direct, whole, n)
@@ -181,8 +183,9 @@ def test_the_notebook_shows_the_saved_results():
     results = json.loads(RESULTS.read_text())
     shown = notebook_outputs()
     names = ["trained", "all_local", "base_10k", "x8"]
-    tables = [lc.runs_table(results), lc.loss_table(results, names), lc.accuracy_table(results, names),
-              lc.answers_table(results, "trained"), lc.far_table(results), lc.memory_table(results)]
+    tables = [lc.runs_table(results), lc.loss_table(results, names, lc.PLOT_EDGES), lc.accuracy_table(results, names),
+              lc.answers_table(results, "trained"), lc.far_table(results), lc.memory_table(results, "trained"),
+              lc.layout_table(json.loads(LAYOUTS.read_text()))]
     tables += [lc.attention_table(results, "trained", layer) for layer in results["variants"]["trained"]["config"]["global_layers"]]
     last = [a for a in results["variants"]["trained"]["answers"] if a["label"] == "red door"][-1]
     tables += [lc.mass_table(last, layer) for layer in results["variants"]["trained"]["config"]["global_layers"]]

@@ -401,18 +401,27 @@ def _mark_window(ax, window: int, context: Optional[int] = None) -> None:
 
 
 def plot_loss_by_position(edges: Sequence[int], curves: dict[str, Sequence[float]], window: int,
-                          context: Optional[int] = None) -> Figure:
-    """Mean next-token loss per position bucket (log x axis), one line per model variant."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+                          context: Optional[int] = None, reference: Optional[str] = None) -> Figure:
+    """Mean next-token loss per position bucket (log x axis), one line per model variant; with
+    `reference` (one of the curves' names), a second panel shows each curve minus that one."""
+    panels = 2 if reference else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 3.6), squeeze=False)
     mids = [math.sqrt(max(lo, 1) * hi) for lo, hi in zip(edges[:-1], edges[1:])]
     for name, values in curves.items():
-        ax.plot(mids, values, marker="o", ms=3, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("position in the text (bucket of positions)")
-    ax.set_ylabel("mean next-token loss (nats)")
-    _mark_window(ax, window, context)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        axes[0][0].plot(mids, values, marker="o", ms=3, label=name)
+        if reference:
+            gap = [v - r for v, r in zip(values, curves[reference])]
+            axes[0][1].plot(mids, gap, marker="o", ms=3, label=name)
+    axes[0][0].set_ylabel("mean next-token loss (nats)")
+    if reference:
+        axes[0][1].axhline(0, color="k", lw=0.8)
+        axes[0][1].set_ylabel(f"loss minus: {reference}")
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("position in the text (bucket of positions)")
+        _mark_window(ax, window, context)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -461,6 +470,7 @@ VARIANT_NAMES = {
     "x8": "global x8 interpolation", "far": "far, as trained", "far_x8": "far, x8 interpolation",
     "far_local": "far, every layer local",
 }
+PLOT_EDGES = tuple(2**k for k in range(4, 16))  # 16, 32, ... 32,768
 TABLE_EDGES = (16, 64, 256, 512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768)
 DISTANCE_EDGES = (0, 256, 512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768, 65_536)
 
@@ -532,17 +542,25 @@ def far_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def memory_table(results: dict) -> str:
-    """Ring-buffer cache (`trained`) against all-global (`base_10k`) at the same lengths: bytes, peak, time."""
-    ring, full = results["variants"]["trained"], results["variants"]["base_10k"]
-    by_len = {m["tokens"]: m for m in ring["memory"]}
-    lines = [f"{'tokens':>7} {'peak added, ring':>17} {'all-global':>11} {'prefill s, ring':>16} {'all-global':>11}"]
-    for m in full["memory"]:
-        r = by_len.get(m["tokens"])
-        if r is None:
-            continue
-        lines.append(f"{m['tokens']:>7,} {r['peak_added_bytes'] / 2**20:>13.0f} MiB {m['peak_added_bytes'] / 2**20:>7.0f} MiB"
-                     f" {r['prefill_s']:>16.1f} {m['prefill_s']:>11.1f}")
+def memory_table(results: dict, name: str = "trained") -> str:
+    """One run's prefill time so far and peak memory added during its forward passes, by tokens read."""
+    v = results["variants"][name]
+    lines = [f"{'tokens':>7} {'peak added':>11} {'prefill so far':>15}"]
+    for m in v["memory"]:
+        lines.append(f"{m['tokens']:>7,} {m['peak_added_bytes'] / 2**20:>7.0f} MiB {m['prefill_s']:>13.1f} s")
+    return "\n".join(lines)
+
+
+def layout_table(bench: dict) -> str:
+    """`benchmarks/long_context.py`'s results: the same prefill with ring buffers and with an all-global cache."""
+    lines = [f"{'layout':>7} {'tokens':>7} {'cache':>11} {'peak added':>11} {'prefill':>9}"]
+    for r in bench["results"].values():
+        lines.append(f"{r['layout']:>7} {r['tokens']:>7,} {r['cache_bytes'] / 2**20:>7.1f} MiB "
+                     f"{r['peak_added_bytes'] / 2**20:>7.1f} MiB {r['prefill_s']:>7.1f} s")
+    ring, full = bench["results"]["ring"], bench["results"]["global"]
+    lines.append(f"all-global minus ring: cache {(full['cache_bytes'] - ring['cache_bytes']) / 2**20:.1f} MiB, "
+                 f"measured peak {(full['peak_added_bytes'] - ring['peak_added_bytes']) / 2**20:.1f} MiB; "
+                 f"same greedy tokens: {ring['generated'] == full['generated']}")
     return "\n".join(lines)
 
 
@@ -558,7 +576,7 @@ def attention_table(results: dict, name: str, layer: int) -> str:
     answers = [a for a in results["variants"][name]["answers"] if a["label"] == "red door"]
     heads = len(answers[0]["attention"][str(layer)]["on_needle"])
     lines = [f"{'length':>7} {'distance':>9}" + "".join(f"{f'head {h}':>9}" for h in range(heads))
-             + f"{'mass past 512':>15}"]
+             + f"{'most past 512':>15}"]
     for a in answers:
         att = a["attention"][str(layer)]
         far = [sum(m for lo, m in zip(att["edges"][:-1], row) if lo >= 512) for row in att["mass"]]
