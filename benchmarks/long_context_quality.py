@@ -18,11 +18,17 @@ cache (answer recalled or not, its log-probability, the global layers' attention
 Each variant runs in its own process, which records its peak resident memory during the forward
 passes over the text (glibc is told to return freed buffers at once) and its prefill time so far,
 at each checkpoint. The clean ring-against-all-global comparison is `benchmarks/long_context.py`
-(same length, one process after the other); the notebook reads its 16,384-token bfloat16 run.
-bfloat16 (the released weights' dtype; 1.5x faster than float32 here); softmax and losses in float32.
+(same length, one process after the other); the notebook reads its 16,384-token float32 run.
+This script runs in bfloat16 (the released weights' dtype; 1.5x faster than float32 here), with the
+softmax and the losses in float32.
 
-    python benchmarks/long_context_quality.py                 # all variants, ~25 min on 2 busy cores
+    python benchmarks/long_context_quality.py                 # all variants: 34 min on 2 busy cores
     python benchmarks/long_context_quality.py --only far far_x8 far_local
+
+Each variant shows a tqdm bar (tokens read, rate, time left); the script prints each variant's
+times and the total. Measured: 34 min in all under a load average of about 9 (trained 13 min,
+all_local 6, each far run 3-4, base_10k and x8 2 each); the same work ran 2-3x faster when the
+machine was quieter.
 
 Results: benchmarks/results/long_context.json (variants merged in); the notebook plots them.
 """
