@@ -1,7 +1,7 @@
 """Long context on the real model: the helpers and figures of the long-context notebook.
 
 Only 3 of the 270M's 18 layers can look further back than 512 tokens (the 5:1 layout, Gemma 3
-report, section 2.1). These helpers measure what that means on the real weights:
+report, section 2). These helpers measure what that means on the real weights:
 
 - `with_config` runs the same weights under another configuration (the global layers' RoPE base,
   linear RoPE interpolation, every layer local) without copying a single weight;
