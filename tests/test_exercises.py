@@ -83,6 +83,8 @@ EXERCISE_TABLE = [
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
     ("07_pan_and_scan.ipynb", "crop_boxes", ex.check_crop_boxes),
     ("08_distillation.ipynb", "sampled_target", ex.check_sampled_target),
+    ("07_long_context.ipynb", "visible_positions", ex.check_visible_positions),
+    ("07_long_context.ipynb", "answer_log_prob", ex.check_answer_log_prob),
 ]
 # Notebooks still below two exercises, with the issue that adds them (the test below names the rest).
 FEWER_THAN_TWO_FOR_NOW = {"08_distillation.ipynb": "issue 15 rewrites the distillation exercises"}
@@ -407,6 +409,29 @@ def forward_with(rope_base=None, scale=True, scaling=True):
     return gemma_forward
 
 
+def visible_with(lo, hi):
+    """visible_positions written with a list comprehension, as a learner might, from bounds lo(q, w), hi(q)."""
+    def visible_positions(query_pos, window):
+        if window is None:
+            return torch.arange(query_pos + 1)
+        return torch.tensor([k for k in range(lo(query_pos, window), hi(query_pos))], dtype=torch.long)
+
+    return visible_positions
+
+
+def score_one_row_late(logits, ids, start):
+    return sum(torch.log_softmax(logits[t], -1)[ids[t]] for t in range(start, len(ids)))
+
+
+def score_mean_of_logs(logits, ids, start):
+    rows = [torch.log_softmax(logits[t - 1], -1)[ids[t]] for t in range(start, len(ids))]
+    return torch.stack(rows).mean()
+
+
+def score_raw_logits(logits, ids, start):
+    return torch.stack([logits[t - 1, ids[t]] for t in range(start, len(ids))]).sum()
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -433,6 +458,12 @@ WRONG_ANSWERS = [
     (ex.check_kv_cache_bytes, kv_bytes_with(lambda cfg, n: min(cfg.sliding_window, n),
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
     (ex.check_sampled_target, target_teacher_probs, "probs_not_renormalized"),
+    (ex.check_visible_positions, visible_with(lambda q, w: max(0, q - w), lambda q: q + 1), "window_plus_one"),
+    (ex.check_visible_positions, visible_with(lambda q, w: max(0, q - w), lambda q: q), "query_not_seen"),
+    (ex.check_visible_positions, visible_with(lambda q, w: q - w + 1, lambda q: q + 1), "negative_positions"),
+    (ex.check_answer_log_prob, score_one_row_late, "logits_not_shifted"),
+    (ex.check_answer_log_prob, score_mean_of_logs, "mean_not_sum"),
+    (ex.check_answer_log_prob, score_raw_logits, "raw_logits"),
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
     (ex.check_sampled_target, lambda logits, k, seed: (target_counts(logits, k, seed) > 0).float()
      / (target_counts(logits, k, seed) > 0).sum(-1, keepdim=True), "uniform_over_drawn"),
@@ -567,7 +598,7 @@ def solution_notebooks() -> list[Path]:
 
 
 def test_every_core_notebook_has_exercises():
-    # Two notebooks share 06 until the lead renumbers the course (the capstone and SigLIP).
+    # Chapter numbers are shared by two notebooks until the course is renumbered.
     assert sorted({p.name[:2] for p in solution_notebooks()}) == [f"{n:02d}" for n in range(1, 9)]
     assert {notebook for notebook, _, _ in EXERCISE_TABLE} == {p.name for p in solution_notebooks()}
 

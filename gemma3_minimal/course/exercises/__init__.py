@@ -14,6 +14,7 @@ from .decoder_block import check_attention_forward, check_decoder_block, check_r
 from .distillation import check_sampled_target
 from .engine import Case, CheckResult, Mistake, difference, run_check
 from .kv_cache import check_generate, check_kv_cache_bytes, check_parameter_counts, check_ring_write
+from .long_context import check_answer_log_prob, check_visible_positions
 from .masks import check_attention_mask, check_sliding_window_mask
 from .pan_and_scan import check_crop_boxes, check_pan_and_scan_crop_count
 from .predictions import check_prediction
