@@ -83,11 +83,12 @@ EXERCISE_TABLE = [
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
     ("07_pan_and_scan.ipynb", "crop_boxes", ex.check_crop_boxes),
     ("08_distillation.ipynb", "sampled_target", ex.check_sampled_target),
+    ("08_distillation.ipynb", "sparse_cross_entropy_and_grad", ex.check_sparse_cross_entropy),
     ("07_long_context.ipynb", "visible_positions", ex.check_visible_positions),
     ("07_long_context.ipynb", "answer_log_prob", ex.check_answer_log_prob),
 ]
 # Notebooks still below two exercises, with the issue that adds them (the test below names the rest).
-FEWER_THAN_TWO_FOR_NOW = {"08_distillation.ipynb": "issue 15 rewrites the distillation exercises"}
+FEWER_THAN_TWO_FOR_NOW: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("notebook, function, checker", EXERCISE_TABLE, ids=[t[1] for t in EXERCISE_TABLE])
@@ -220,6 +221,40 @@ def test_every_reading_of_the_report_passes_the_distillation_exercise(reading, n
     out = capsys.readouterr().out
     assert "✅" in out and f"That is the {name}" in out
     assert "target='renormalized'" in out and "target='counts'" in out and "unbiased" in out
+
+
+def sparse_ce_with(log_q=lambda z: torch.log_softmax(z, -1), tokens="mean", renormalize=True, dense="scatter_add",
+                   grad="q - t"):
+    """A learner's sparse cross-entropy and hand-written gradient, with one choice made wrong."""
+
+    def sparse_cross_entropy_and_grad(z, ids, w):
+        n = z.shape[0]
+        if renormalize:
+            w = w / w.sum(-1, keepdim=True)
+        per_token = -(w * log_q(z).gather(-1, ids)).sum(-1)
+        loss = per_token.mean() if tokens == "mean" else per_token.sum()
+        t = torch.zeros_like(z)
+        if dense == "scatter_add":
+            t.scatter_add_(-1, ids, w)
+        else:
+            for row in range(n):  # index assignment: a repeated id keeps one of its weights
+                t[row, ids[row]] = w[row]
+        q = torch.softmax(z, -1)
+        g = {"q - t": q - t, "t - q": t - q, "-t": -t}[grad]
+        return loss, g / n if tokens == "mean" else g
+
+    return sparse_cross_entropy_and_grad
+
+
+def test_the_sparse_cross_entropy_checker_compares_with_autograd():
+    """A learner who lets autograd do the gradient passes too: the check is against autograd's answer."""
+    def with_autograd(z, ids, w):
+        z = z.clone().requires_grad_(True)
+        loss = g3.sparse_cross_entropy(z, ids, w)
+        loss.backward()
+        return loss.detach(), z.grad
+
+    assert ex.check_sparse_cross_entropy(with_autograd).passed
 
 
 def bpe_with(text, scores, pick, space="▁"):
@@ -467,6 +502,13 @@ WRONG_ANSWERS = [
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
     (ex.check_sampled_target, lambda logits, k, seed: (target_counts(logits, k, seed) > 0).float()
      / (target_counts(logits, k, seed) > 0).sum(-1, keepdim=True), "uniform_over_drawn"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(log_q=lambda z: torch.softmax(z, -1)), "probabilities_not_log"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(log_q=lambda z: torch.softmax(z, -1).log()), "log_of_softmax"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(tokens="sum"), "sum_over_tokens"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(renormalize=False), "weights_not_renormalized"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(grad="t - q"), "gradient_sign_flipped"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(grad="-t"), "gradient_without_softmax"),
+    (ex.check_sparse_cross_entropy, sparse_ce_with(dense="index"), "repeated_ids_overwritten"),
 
 
     (ex.check_bpe_pieces, lambda t, s: bpe_with(t, s, first_mergeable), "first_pair"),

@@ -34,7 +34,8 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB = 'raise NotImplementedError("replace this line with your code")'
 CHECK = re.compile(r"result = (check_\w+)\((\w+)\)")
 # Points of an exercise's check cell; exercises that combine several pieces count double.
-POINTS = {"attention_forward": 2, "decoder_block": 2, "ring_write": 2, "generate": 2}
+POINTS = {"attention_forward": 2, "decoder_block": 2, "ring_write": 2, "generate": 2,
+          "sparse_cross_entropy_and_grad": 2}
 NBGRADER_SCHEMA = 3
 
 

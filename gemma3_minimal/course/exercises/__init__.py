@@ -11,7 +11,7 @@ hint that names a typical mistake when the learner's output equals that of a kno
 
 from .assemble import check_gemma_forward, check_name_map
 from .decoder_block import check_attention_forward, check_decoder_block, check_repeat_kv, check_rms_norm
-from .distillation import check_sampled_target
+from .distillation import check_sampled_target, check_sparse_cross_entropy
 from .engine import Case, CheckResult, Mistake, difference, run_check
 from .kv_cache import check_generate, check_kv_cache_bytes, check_parameter_counts, check_ring_write
 from .long_context import check_answer_log_prob, check_visible_positions

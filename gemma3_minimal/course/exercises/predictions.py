@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ...config import get_config
+from ...distill import sparse_cross_entropy
 from ...memory import decoder_layer_parameters, kv_cache_bytes
 from ...pan_and_scan import pan_and_scan_boxes
 from ...rope import rope_inv_freq
@@ -45,6 +48,12 @@ def _same_angle_position() -> float:
 
 def _kv_27b_gib() -> tuple[float, float]:
     return (round(kv_cache_bytes("27b", 131_072) / GIB, 2), round(kv_cache_bytes("27b", 131_072, sliding=False) / GIB, 2))
+
+
+def _uniform_student_loss() -> float:
+    vocab = get_config("270m").vocab_size
+    loss = sparse_cross_entropy(torch.zeros(1, vocab), torch.tensor([[7, 42, 1000]]), torch.tensor([[0.5, 0.3, 0.2]]))
+    return round(float(loss), 2)
 
 
 def _pan_and_scan_tokens() -> int:
@@ -93,6 +102,13 @@ PREDICTIONS = {
         _pan_and_scan_tokens,
         "3000 / 400 = 7.5 rounds to 8, capped by 3000 // 256 = 11 and clamped to 4 crops of 750 x 400; the "
         "original and 4 crops are 5 images of 256 tokens: 1,280."),
+    "uniform_student_loss": Prediction(
+        "A student whose logits are all equal, over the 270M's vocabulary of 262,144 tokens: its sparse "
+        "cross-entropy (in nats) against a sampled target, say ids [7, 42, 1000] with weights [0.5, 0.3, 0.2]?",
+        _uniform_student_loss,
+        "every id has q = 1 / 262,144, so each -log q is ln 262,144 = 18 ln 2 = 12.48; the weights sum to 1, "
+        "so that is the loss whatever the target.",
+        rel_tol=0.01),
 }
 
 
