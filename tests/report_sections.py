@@ -29,7 +29,7 @@ TOPICS: list[tuple[str, set[str]]] = [
     (r"256\s+(vectors|image\s+tokens|soft\s+tokens)", {"1", "5.5"}),
     (r"5:1|5 local|local/global|local and global|interleav|1 global", {"1", "2", "5.2"}),
     (r"QK-norm|soft-?capping", {"2"}),
-    (r"RMSNorm|pre- and post-norm|post-norm|pre-norm", {"2"}),
+    (r"RMSNorm|pre- and post-norm|post-norm|pre-norm|before and after", {"2"}),
     (r"grouped-query|GQA", {"2"}),
     (r"RoPE|base frequenc|\b10k\b|\b1M\b|10,000|1,000,000|\bbases?\b", {"2", "5.3"}),
     (r"128K|\b32K\b", {"1", "2", "5.3"}),

@@ -102,6 +102,17 @@ PREDICTIONS = {
         _pan_and_scan_tokens,
         "3000 / 400 = 7.5 rounds to 8, capped by 3000 // 256 = 11 and clamped to 4 crops of 750 x 400; the "
         "original and 4 crops are 5 images of 256 tokens: 1,280."),
+    "ring_slot_after_decode": Prediction(
+        "After a 600-token prompt and 24 decoded tokens, which position does slot 0 of a 270M local layer's "
+        "ring buffer (512 slots) hold?",
+        lambda: max(p for p in range(600 + 24) if p % get_config("270m").sliding_window == 0),
+        "position p lives in slot p % 512; positions 0..623 have been written, and the last one with "
+        "p % 512 == 0 is 512, which overwrote position 0. Slot 111 holds 623, the newest."),
+    "layers_reaching_back_5000": Prediction(
+        "How many of the 270M's 18 layers can attend to a key 5,000 positions before the query?",
+        lambda: get_config("270m").num_global_layers,
+        "only the global layers (every 6th: layers 5, 11, 17) see the whole context; the 15 local layers "
+        "see the last 512 positions. What lies further back reaches the local layers only through them."),
     "uniform_student_loss": Prediction(
         "A student whose logits are all equal, over the 270M's vocabulary of 262,144 tokens: its sparse "
         "cross-entropy (in nats) against a sampled target, say ids [7, 42, 1000] with weights [0.5, 0.3, 0.2]?",
