@@ -5,7 +5,7 @@ The teacher's target distribution is set to zero probability for non-sampled log
 renormalized." `gemma3_minimal.distill` offers its literal reading (target="renormalized": the
 teacher's probabilities of the distinct drawn ids, divided by their sum) and the count-based one
 (target="counts": times drawn / 256, unbiased). With 256 draws per token this script measures, on
-`data/distill_corpus.txt` cut into rows of 32 tokens as notebook 08 does:
+`data/distill_corpus.txt` cut into rows of 32 tokens as notebook 10 does:
 
 - distinct ids per token (the same for both targets: they share the draws);
 - the bias of the loss, E[sampled loss] - full cross-entropy, for two students (an untrained one
@@ -20,7 +20,7 @@ teacher's probabilities of the distinct drawn ids, divided by their sum) and the
 
     python benchmarks/distill_targets.py        # writes benchmarks/results/distill_targets_270m.json
 
-Notebook 08 reads the JSON; tests/test_notebook_results.py checks that the notebook shows its figures.
+Notebook 10 reads the JSON; tests/test_notebook_results.py checks that the notebook shows its figures.
 About 6 minutes on 2 busy CPU cores.
 """
 
@@ -39,7 +39,7 @@ from gemma3_minimal.distill import TARGETS, next_token_loss, token_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "distill_targets_270m.json"
-# the setup notebook 08 uses: keep both in step (the notebook asserts it against this file)
+# the setup notebook 10 uses: keep both in step (the notebook asserts it against this file)
 SETUP = {"corpus": "data/distill_corpus.txt", "seq_len": 32, "held_out_rows": 4, "num_samples": 256,
          "store_seed": 0, "steps": 30, "batch_size": 4, "lr": 1e-2, "eval_every": 5, "student": "tiny"}
 
@@ -151,7 +151,7 @@ def main() -> None:
     teacher, tok = g3.load_pretrained("270m")
     train, held_out = corpus(tok)
     print(f"train {tuple(train.shape)}, held out {tuple(held_out.shape)}; teacher logits...", flush=True)
-    dense = g3.cache_teacher_logits(teacher, train)  # [n, T, V] float16, as notebook 08 keeps them
+    dense = g3.cache_teacher_logits(teacher, train)  # [n, T, V] float16, as notebook 10 keeps them
     with torch.no_grad():
         teacher_held_out = next_token_loss(teacher, held_out).item()
     stores = {t: g3.TeacherStore.build(dense, train, SETUP["num_samples"],

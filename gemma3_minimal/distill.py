@@ -10,7 +10,7 @@ replacement, from the teacher softmax p, and keep the distinct drawn ids S:
 - "renormalized" (the default, the report's literal reading): t_v = p_v / sum_{u in S} p_u for
   v in S, 0 elsewhere. The teacher's own probabilities, zero outside the sample, renormalized.
   Biased: every likely id is drawn, the kept mass sum_{u in S} p_u falls short of 1, so the kept
-  ids are inflated (E[t] != p; notebook 08 measures by how much on the real 270M).
+  ids are inflated (E[t] != p; notebook 10 measures by how much on the real 270M).
 - "counts": t_v = (times v was drawn) / num_samples, the Monte Carlo estimate of p. Unbiased:
   E[t] = p, so the loss E[-sum_v t_v log q_v] is the full cross-entropy -sum_v p_v log q_v and its
   gradient q - t with respect to the student logits is q - p in expectation.

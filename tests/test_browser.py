@@ -52,7 +52,7 @@ class Explorer:
 # 02: the sequence slider (its default layer is global, so moving the window alone changes nothing).
 EXPLORERS = {
     "02": Explorer("02_attention_masks.ipynb", slider=0),
-    "07": Explorer("07_pan_and_scan.ipynb", slider=0),  # width
+    "09": Explorer("09_pan_and_scan.ipynb", slider=0),  # width
 }
 EXPLORER = EXPLORERS["02"]
 

@@ -25,7 +25,7 @@ def stored_output(notebook: str) -> str:
 
 def test_distillation_notebook_shows_the_saved_measurement():
     results = json.loads((ROOT / "benchmarks" / "results" / "distill_targets_270m.json").read_text())
-    shown = stored_output("08_distillation.ipynb")
+    shown = stored_output("10_distillation.ipynb")
     distinct, bias = results["distinct_ids_per_token"], results["bias"]
     expected = [
         f"distinct ids per token: mean {distinct['mean']:.1f}, median {distinct['median']:.0f}, "
@@ -45,13 +45,13 @@ def test_distillation_notebook_shows_the_saved_measurement():
         expected.append(f"{name:26s} {min(run['eval_loss']):6.2f} {run['eval_loss'][-1]:15.2f} "
                         f"{run['held_out_cross_entropy_to_teacher']:20.2f}")
     missing = [line for line in expected if line not in shown]
-    assert not missing, "re-execute notebooks/08_distillation.ipynb; not shown:\n" + "\n".join(missing)
+    assert not missing, "re-execute notebooks/10_distillation.ipynb; not shown:\n" + "\n".join(missing)
     assert len(results["students"]) == 4 and set(bias["gradient"]) == set(TARGETS)
 
 
 def test_distillation_results_match_the_notebook_setup():
     """The script and the notebook cut the same corpus the same way (the notebook asserts it too)."""
     setup = json.loads((ROOT / "benchmarks" / "results" / "distill_targets_270m.json").read_text())["setup"]
-    source = (ROOT / "notebooks" / "08_distillation.ipynb").read_text()
+    source = (ROOT / "notebooks" / "10_distillation.ipynb").read_text()
     assert setup["seq_len"] == 32 and "SEQ = 32" in source
     assert setup["num_samples"] == 256 and setup["store_seed"] == 0

@@ -23,7 +23,7 @@ NOTEBOOKS = ROOT / "notebooks"
 THUMBNAILS = ROOT / "docs" / "thumbnails"
 WIDTH = 480
 # Notebook number -> which of its PNG outputs (0: the first) shows the idea best.
-KEY_FIGURE = {"03": 1, "04": 1, "05": 1, "06": 1, "08": 2}
+KEY_FIGURE = {"03": 1, "04": 1, "05": 1, "08": 1, "10": 2}
 
 
 def course_notebooks() -> list[Path]:

@@ -1,4 +1,4 @@
-"""Exercise checkers for notebook 07: how many Pan&Scan crops, and their boxes."""
+"""Exercise checkers for notebook 09: how many Pan&Scan crops, and their boxes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exercise checkers for notebook 06: SigLIP's 4x4 average pooling, and the image-aware attention mask."""
+"""Exercise checkers for notebook 08: SigLIP's 4x4 average pooling, and the image-aware attention mask."""
 
 from __future__ import annotations
 
