@@ -64,6 +64,8 @@ EXERCISE_TABLE = [
     ("06_siglip_compression.ipynb", "pool_patches", ex.check_patch_pooling),
     ("07_pan_and_scan.ipynb", "crop_count", ex.check_pan_and_scan_crop_count),
     ("08_distillation.ipynb", "sampled_target", ex.check_sampled_target),
+    ("12_quantization.ipynb", "round_trip", ex.check_round_trip),
+    ("12_quantization.ipynb", "q4k_scale_min", ex.check_q4k_scale_min),
 ]
 
 
@@ -177,6 +179,24 @@ def target_counts(logits, k, seed):
     return torch.nn.functional.one_hot(drawn, probs.shape[-1]).sum(1).float()
 
 
+def round_trip_with(qmax=lambda bits: 2 ** (bits - 1) - 1, rounding=torch.round, per_row=False):
+    def round_trip(w, bits, group_size):
+        groups = w.reshape(w.shape[0], -1, w.shape[1] if per_row else group_size)
+        scale = (groups.abs().amax(-1, keepdim=True) / qmax(bits)).to(torch.bfloat16).float()
+        return (rounding(groups / scale).clamp(-qmax(bits), qmax(bits)) * scale).reshape(w.shape)
+    return round_trip
+
+
+def q4k_low_bits_only(q, j):
+    return (q[j] & 63, q[j + 4] & 63) if j < 4 else (q[j + 4] & 0xF, q[j + 4] >> 4)
+
+
+def q4k_min_from_low_nibble(q, j):
+    if j < 4:
+        return q[j] & 63, q[j + 4] & 63
+    return (q[j + 4] >> 4) | ((q[j - 4] >> 6) << 4), (q[j + 4] & 0xF) | ((q[j] >> 6) << 4)
+
+
 WRONG_ANSWERS = [
     (ex.check_byte_fallback, lambda ch: [f"<0x{ord(ch):02X}>"], "code_point"),
     (ex.check_byte_fallback, lambda ch: [f"<0x{b:02x}>" for b in ch.encode()], "lowercase_hex"),
@@ -204,6 +224,11 @@ WRONG_ANSWERS = [
                                             lambda cfg: 2 * cfg.num_attention_heads * cfg.head_dim), "query_heads"),
     (ex.check_sampled_target, target_teacher_probs, "teacher_probs_renormalized"),
     (ex.check_sampled_target, target_counts, "counts_not_normalized"),
+    (ex.check_round_trip, round_trip_with(rounding=torch.trunc), "truncation"),
+    (ex.check_round_trip, round_trip_with(per_row=True), "one_scale_per_row"),
+    (ex.check_round_trip, round_trip_with(qmax=lambda bits: 2 ** (bits - 1)), "power_of_two_range"),
+    (ex.check_q4k_scale_min, q4k_low_bits_only, "low_bits_only"),
+    (ex.check_q4k_scale_min, q4k_min_from_low_nibble, "nibbles_swapped"),
 ]
 
 
@@ -284,7 +309,7 @@ def solution_notebooks() -> list[Path]:
 
 
 def test_every_core_notebook_has_exercises():
-    assert [p.name[:2] for p in solution_notebooks()] == [f"{n:02d}" for n in range(1, 9)]
+    assert [p.name[:2] for p in solution_notebooks()] == [f"{n:02d}" for n in range(1, 9)] + ["12"]  # 12: quantization
     assert {notebook for notebook, _, _ in EXERCISE_TABLE} == {p.name for p in solution_notebooks()}
 
 

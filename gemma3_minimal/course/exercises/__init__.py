@@ -15,6 +15,7 @@ from .engine import Case, CheckResult, Mistake, difference, run_check
 from .kv_cache import check_kv_cache_bytes
 from .masks import check_sliding_window_mask
 from .pan_and_scan import check_pan_and_scan_crop_count
+from .quantization import check_q4k_scale_min, check_round_trip
 from .rope import check_rope
 from .siglip import check_patch_pooling
 from .tokenizer import check_byte_fallback
