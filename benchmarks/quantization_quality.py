@@ -22,7 +22,6 @@ Takes about a minute on 2 cores.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 from pathlib import Path
@@ -73,42 +72,30 @@ def text_rows(tok) -> torch.Tensor:
 
 
 def linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every Linear whose weight is rounded (the head is the embedding, counted once)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-
-
-@torch.no_grad()
+    """Every Linear whose weight is rounded (the head is the embedding table: one entry, `lm_head`)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, @torch.no_grad()
 def measure(model, rows: torch.Tensor) -> dict:
     originals = {name: m.weight.detach().clone() for name, m in linears(model).items()}
     ref = torch.cat([model(r[None])[0, :-1].log_softmax(-1) for r in rows])  # [N, vocab]
     targets = rows[:, 1:].reshape(-1)
-    other = sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n)  # float32 norms
     results = {}
     for name, (kind, bits, group) in FORMATS.items():
-        err2 = ref2 = 0.0
-        nbytes = other
+        error = weight_error(model, name)
         for lname, m in linears(model).items():
-            w = originals[lname]
-            q = round_weight(w, kind, bits, group)
-            m.weight.copy_(q)
-            err2 += float((q - w).double().pow(2).sum())
-            ref2 += float(w.double().pow(2).sum())
-            if lname != "lm_head":  # the head is the embedding table: its bytes once
-                nbytes += w.numel() * format_bits(kind, bits, group, w.shape[1]) / 8
-        nbytes += originals["lm_head"].numel() * format_bits(kind, bits, group, originals["lm_head"].shape[1]) / 8
+            m.weight.copy_(round_weight(originals[lname], kind, bits, group))
         got = torch.cat([model(r[None])[0, :-1].log_softmax(-1) for r in rows])
+        for lname, m in linears(model).items():
+            m.weight.copy_(originals[lname])
         kl = float((ref.exp() * (ref - got)).sum(-1).mean())
         top1 = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
         nll = float(-got.gather(-1, targets[:, None]).mean())
-        results[name] = dict(weight_error=math.sqrt(err2 / ref2), kl=kl, top1_agreement=top1,
-                             perplexity=math.exp(nll), bytes=int(nbytes))
-        print(f"{name:40s} weight err {results[name]['weight_error']:.4f}  KL {kl:.5f}  top-1 {top1:.3f}  "
-              f"ppl {results[name]['perplexity']:.2f}  {nbytes / 1e6:.0f} MB", flush=True)
-    for lname, m in linears(model).items():
-        m.weight.copy_(originals[lname])
+        results[name] = dict(weight_error=error, kl=kl, top1_agreement=top1, perplexity=math.exp(nll),
+                             bytes=format_bytes(model, name))
+        print(f"{name:40s} weight err {error:.4f}  KL {kl:.5f}  top-1 {top1:.3f}  "
+              f"ppl {results[name]['perplexity']:.2f}  {results[name]['bytes'] / 1e6:.0f} MB", flush=True)
     nll = float(-ref.gather(-1, targets[:, None]).mean())
     results["float32"] = dict(weight_error=0.0, kl=0.0, top1_agreement=1.0, perplexity=math.exp(nll),
-                              bytes=int(other + sum(w.numel() * 4 for w in originals.values())))
+                              bytes=format_bytes(model, "float32"))
     return results
 
 

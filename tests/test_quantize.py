@@ -2,6 +2,8 @@
 quantized model against the float one (tiny config and the real 270M), names and keys, bad input."""
 
 import copy
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,44 @@ def test_real_270m_close_to_float(real_model, real_text_ids, fmt):
         assert top1 >= 0.99 and kl < 0.01, (top1, kl)
     else:
         assert top1 >= 0.8 and kl < 0.2, (top1, kl)
+
+
+# --- the saved results the quantization notebook reads -----------------------------------------
+
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
+
+
+def load_quality_script():
+    spec = importlib.util.spec_from_file_location("quantization_quality", RESULTS.parent / "quantization_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saved_quality_results_in_step_with_the_library(real_model):
+    """benchmarks/results/quantization_quality.json: same formats, bytes and (for per-block int4)
+    weight error as the library computes now; rerun the script when this fails."""
+    script = load_quality_script()
+    saved = json.loads((RESULTS / "quantization_quality.json").read_text())["formats"]
+    assert set(saved) == set(script.FORMATS) | {"float32"}
+    for fmt in saved:
+        assert saved[fmt]["bytes"] == script.format_bytes(real_model, fmt), fmt
+    fmt = "int4 per block (32)"
+    assert abs(saved[fmt]["weight_error"] - script.weight_error(real_model, fmt)) < 1e-6
+    assert saved["int8 per channel"]["kl"] < saved[fmt]["kl"] < saved["int4 per channel"]["kl"]
+
+
+def test_saved_decode_results_in_step_with_the_library():
+    """benchmarks/results/quantized_decode.json: the formats the library offers, bytes per token as
+    the quantized model stores them (int8: 1 byte + a scale per row; int4: 4.5 bits)."""
+    saved = json.loads((RESULTS / "quantized_decode.json").read_text())["rows"]
+    assert set(saved) == {"float32", "int8", "int4", "transformers"}
+    cfg = g3.get_config("270m")
+    with torch.device("meta"):
+        meta = g3.Gemma3ForCausalLM(cfg)
+    matrices = [m.weight for m in meta.modules() if isinstance(m, torch.nn.Linear)]  # the head is the embedding
+    norms = sum(p.numel() * 4 for n, p in meta.named_parameters() if "norm" in n)
+    int8 = norms + sum(w.numel() + w.shape[0] * 2 for w in matrices)
+    int4 = norms + sum(w.numel() // 2 + w.numel() // 32 * 2 for w in matrices)
+    assert saved["int8"]["weight_bytes"] == int8 and saved["int4"]["weight_bytes"] == int4
+    assert saved["float32"]["weight_bytes"] == norms + sum(w.numel() * 4 for w in matrices)
