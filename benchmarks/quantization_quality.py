@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 import gemma3_minimal as g3
-from gemma3_minimal.quantize import bits_per_weight, quantize_tensor
+from gemma3_minimal.quantize import quantize_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "data" / "distill_corpus.txt"
@@ -59,11 +59,6 @@ def round_weight(w: torch.Tensor, kind: str, bits: int, group: int | None) -> to
     return quantize_tensor(w, bits, group).dequantize()
 
 
-def format_bits(kind: str, bits: int, group: int | None, in_features: int) -> float:
-    """Stored bits per weight: the value plus its group's share of a 16-bit scale."""
-    return 16.0 if kind == "bf16" else bits_per_weight(bits, group or in_features)
-
-
 def text_rows(tok) -> torch.Tensor:
     ids = tok.encode(TEXT.read_text(encoding="utf-8"))
     body = ROW - 1
@@ -73,7 +68,35 @@ def text_rows(tok) -> torch.Tensor:
 
 def linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every Linear whose weight is rounded (the head is the embedding table: one entry, `lm_head`)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, @torch.no_grad()
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def format_bytes(model: nn.Module, fmt: str) -> int:
+    """Bytes of the model's weights in a format: rounded matrices (the tied table once) and float32 norms."""
+    kind, bits, group = FORMATS[fmt] if fmt in FORMATS else ("float32", 32, None)
+    norms = sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n)
+    total_bits = 0
+    for m in linears(model).values():
+        out_features, in_features = m.weight.shape
+        if kind in ("float32", "bf16"):
+            total_bits += m.weight.numel() * bits
+        else:  # the values, and one 16-bit scale per group
+            total_bits += m.weight.numel() * bits + out_features * (in_features // (group or in_features)) * 16
+    return norms + total_bits // 8
+
+
+def weight_error(model: nn.Module, fmt: str) -> float:
+    """||w_q - w|| / ||w|| over every rounded matrix (the tied table once)."""
+    err2 = ref2 = 0.0
+    for m in linears(model).values():
+        w = m.weight.detach()
+        q = round_weight(w, *FORMATS[fmt])
+        err2 += float((q - w).double().pow(2).sum())
+        ref2 += float(w.double().pow(2).sum())
+    return math.sqrt(err2 / ref2)
+
+
+@torch.no_grad()
 def measure(model, rows: torch.Tensor) -> dict:
     originals = {name: m.weight.detach().clone() for name, m in linears(model).items()}
     ref = torch.cat([model(r[None])[0, :-1].log_softmax(-1) for r in rows])  # [N, vocab]
