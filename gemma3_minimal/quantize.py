@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .compiled import compiled_decoding
 from .fast import FastAttention, FastGeGLU, FastLinear
+from .kv_cache import KVCache
 from .layers import Attention, GeGLU
 from .model import Gemma3ForCausalLM, Gemma3TextModel
 
@@ -204,9 +205,7 @@ class QuantizedCausalLM(Gemma3ForCausalLM):
 
     quantization: str
 
-    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True):
-        from .kv_cache import KVCache
-
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
         w = self.model.norm.weight  # the compute dtype and device (the head holds integers)
         return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
 
