@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
+    # One compiled decode step serves every model here (3 formats x configs + tiny): each model is a
+    # recompilation, and past the default limit of 8 torch would fall back to eager without failing.
+    torch._dynamo.config.recompile_limit = 64
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"# {name}, torch {torch.__version__}")
     tiny_greedy_equality(device)
