@@ -85,7 +85,7 @@ def compiled_decoding(model: Gemma3Base, max_len: int) -> Iterator[tuple[StaticK
     a finished one returns it to the model's pool for the next generation to reuse.
     """
     size = min(-(-max_len // CACHE_ROUNDING) * CACHE_ROUNDING, model.config.max_position_embeddings)
-    w = model.lm_head.weight
+    w = model.text_model.norm.weight  # the compute dtype and device (a quantized head holds integers)
     with _LOCK:
         pool = _pool(model)
         fits = [c for c in pool if c.max_len == size and c[0].k.dtype == w.dtype and c[0].k.device == w.device]

@@ -4,6 +4,7 @@ A preset name ("270m") loads the bundled GGUF (see `gguf_checkpoint`); a folder 
 Hugging Face checkpoint of any size (see `hf_checkpoint`). Without an argument, `default_checkpoint()`
 decides ($GEMMA3_CHECKPOINT, else "270m"). Models come back in eval mode and, unless `fast=False`,
 sped up by `fast.speed_up` (same names, keys and results as the plain reference model).
+`quantize="int8" | "int4"` also quantizes the weights (`quantize.quantize`, performance layer).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .fast import speed_up
 from .gguf_checkpoint import load_gguf_state_dict, load_state_dict_checked
 from .hf_checkpoint import load_hf_model, load_tokenizer
 from .model import Gemma3Base, Gemma3ForCausalLM
+from .quantize import FORMATS, quantize as quantize_model
 from .tokenizer import Gemma3Tokenizer
 
 CHECKPOINT_ENV = "GEMMA3_CHECKPOINT"
@@ -54,13 +56,20 @@ def _load_bundled(name: str) -> Gemma3ForCausalLM:
 
 
 def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu",
-               fast: bool = True) -> Gemma3Base:
+               fast: bool = True, quantize: str | None = None) -> Gemma3Base:
     """A real Gemma 3 in eval mode (no tokenizer): a preset name ("270m") or a Hugging Face checkpoint folder.
 
     `None` means `default_checkpoint()`. A folder gives Gemma3ForCausalLM (text-only checkpoints) or
     Gemma3ForConditionalGeneration (4B, 12B, 27B with the vision tower); see `hf_checkpoint`.
     `fast=False` returns the plain reference model (every projection a torch.nn.Linear).
+    `quantize="int8"` (per output channel) or `"int4"` (groups of 32): weight-only quantization of a
+    float32 text model, for decoding with `generate(..., compile=True)`; see `quantize.py`.
     """
+    if quantize is not None:
+        if quantize not in FORMATS:
+            raise ValueError(f"quantize must be None (float) or one of {', '.join(map(repr, FORMATS))}, got {quantize!r}")
+        if dtype != torch.float32 or not fast:
+            raise ValueError("quantize= needs dtype=torch.float32 and fast=True (it is part of the performance layer)")
     source = default_checkpoint() if path_or_preset is None else path_or_preset
     if _is_preset(source):
         model = _load_bundled(source).to(device=device, dtype=dtype)
@@ -71,18 +80,21 @@ def load_model(path_or_preset: str | Path | None = None, dtype: torch.dtype = to
             f"{str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder"
         )
     model.eval()
+    if quantize is not None:
+        return quantize_model(model, quantize)
     return speed_up(model) if fast else model
 
 
 def load_pretrained(path_or_preset: str | Path | None = None, dtype: torch.dtype = torch.float32, device="cpu",
-                    fast: bool = True) -> tuple[Gemma3Base, Gemma3Tokenizer]:
+                    fast: bool = True, quantize: str | None = None) -> tuple[Gemma3Base, Gemma3Tokenizer]:
     """A real Gemma 3 and its tokenizer: `model, tok = load_pretrained()` (the 270M unless
     `$GEMMA3_CHECKPOINT` names another), `load_pretrained("path/to/gemma-3-4b-it", dtype=torch.bfloat16)`.
 
     `fast=False` gives the plain reference model, to read or compare. A folder's own
-    tokenizer.model is used when it has one, else the bundled tokenizer.
+    tokenizer.model is used when it has one, else the bundled tokenizer. `quantize="int8"` or
+    `"int4"`: weight-only quantized (see `load_model`).
     """
     source = default_checkpoint() if path_or_preset is None else path_or_preset
-    model = load_model(source, dtype, device, fast=fast)
+    model = load_model(source, dtype, device, fast=fast, quantize=quantize)
     tok = Gemma3Tokenizer.from_pretrained() if _is_preset(source) else load_tokenizer(source)
     return model, tok

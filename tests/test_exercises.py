@@ -86,6 +86,8 @@ EXERCISE_TABLE = [
     ("10_distillation.ipynb", "sparse_cross_entropy_and_grad", ex.check_sparse_cross_entropy),
     ("07_long_context.ipynb", "visible_positions", ex.check_visible_positions),
     ("07_long_context.ipynb", "answer_log_prob", ex.check_answer_log_prob),
+    ("12_quantization.ipynb", "round_trip", ex.check_round_trip),
+    ("12_quantization.ipynb", "q4k_scale_min", ex.check_q4k_scale_min),
 ]
 # Notebooks still below two exercises, with the issue that adds them (the test below names the rest).
 FEWER_THAN_TWO_FOR_NOW: dict[str, str] = {}
@@ -465,6 +467,22 @@ def score_mean_of_logs(logits, ids, start):
 
 def score_raw_logits(logits, ids, start):
     return torch.stack([logits[t - 1, ids[t]] for t in range(start, len(ids))]).sum()
+def round_trip_with(qmax=lambda bits: 2 ** (bits - 1) - 1, rounding=torch.round, per_row=False):
+    def round_trip(w, bits, group_size):
+        groups = w.reshape(w.shape[0], -1, w.shape[1] if per_row else group_size)
+        scale = (groups.abs().amax(-1, keepdim=True) / qmax(bits)).to(torch.bfloat16).float()
+        return (rounding(groups / scale).clamp(-qmax(bits), qmax(bits)) * scale).reshape(w.shape)
+    return round_trip
+
+
+def q4k_low_bits_only(q, j):
+    return (q[j] & 63, q[j + 4] & 63) if j < 4 else (q[j + 4] & 0xF, q[j + 4] >> 4)
+
+
+def q4k_min_from_low_nibble(q, j):
+    if j < 4:
+        return q[j] & 63, q[j + 4] & 63
+    return (q[j + 4] >> 4) | ((q[j - 4] >> 6) << 4), (q[j + 4] & 0xF) | ((q[j] >> 6) << 4)
 
 
 WRONG_ANSWERS = [
@@ -547,6 +565,11 @@ WRONG_ANSWERS = [
     (ex.check_gemma_forward, forward_with(scale=False), "no_embedding_scale"),
     (ex.check_gemma_forward, forward_with(rope_base=lambda cfg, kind: cfg.rope_local_base_freq), "one_rope_table"),
     (ex.check_gemma_forward, forward_with(scaling=False), "no_rope_scaling"),
+    (ex.check_round_trip, round_trip_with(rounding=torch.trunc), "truncation"),
+    (ex.check_round_trip, round_trip_with(per_row=True), "one_scale_per_row"),
+    (ex.check_round_trip, round_trip_with(qmax=lambda bits: 2 ** (bits - 1)), "power_of_two_range"),
+    (ex.check_q4k_scale_min, q4k_low_bits_only, "low_bits_only"),
+    (ex.check_q4k_scale_min, q4k_min_from_low_nibble, "nibbles_swapped"),
 ]
 
 

@@ -18,6 +18,7 @@ from .long_context import check_answer_log_prob, check_visible_positions
 from .masks import check_attention_mask, check_sliding_window_mask
 from .pan_and_scan import check_crop_boxes, check_pan_and_scan_crop_count
 from .predictions import check_prediction
+from .quantization import check_q4k_scale_min, check_round_trip
 from .rope import check_rope, check_rope_angles
 from .siglip import check_image_mask, check_patch_pooling
 from .tokenizer import check_bpe_pieces, check_byte_fallback, check_chat_prompt

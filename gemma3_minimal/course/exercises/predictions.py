@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gguf
 import torch
 
 from ...config import get_config
@@ -113,6 +114,11 @@ PREDICTIONS = {
         lambda: get_config("270m").num_global_layers,
         "only the global layers (every 6th: layers 5, 11, 17) see the whole context; the 15 local layers "
         "see the last 512 positions. What lies further back reaches the local layers only through them."),
+    "q4_k_bits_per_weight": Prediction(
+        "How many bits per weight does a Q4_K super-block of the GGUF spend (256 weights, with their scales and mins)?",
+        lambda: (lambda n, size: size * 8 / n)(*gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K]),
+        "a super-block is 144 bytes: 128 bytes of 4-bit codes for 256 weights, 12 bytes of 6-bit sub-block "
+        "scales and mins, and a float16 scale and min (4 bytes): 144 x 8 / 256 = 4.5 bits per weight."),
     "uniform_student_loss": Prediction(
         "A student whose logits are all equal, over the 270M's vocabulary of 262,144 tokens: its sparse "
         "cross-entropy (in nats) against a sampled target, say ids [7, 42, 1000] with weights [0.5, 0.3, 0.2]?",

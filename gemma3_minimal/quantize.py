@@ -1,0 +1,279 @@
+"""Weight-only quantization (performance layer): int8 per output channel, int4 in groups.
+
+Every Linear's weight [out, in] and the tied embedding/head become integers and scales:
+
+    groups of G consecutive inputs of one output row share one scale s = max|w| / qmax
+    q = round(w / s) clamped to [-qmax, qmax]          qmax = 127 (int8) or 7 (int4)
+    w ~ q * s,  so every weight is off by at most s / 2
+
+int8 uses one group per row (G = in: "per output channel"); int4 uses groups of 32 by default
+(64 to compare; G = in gives per-channel int4). Scales are bfloat16 (16 bits per group): its
+range is float32's, and rounding s to 8 mantissa bits keeps max|w| / s below qmax + 1/2, so the
+bound s / 2 holds with the stored scale. int4 pairs share a byte: in each group, byte j holds
+element j in its low nibble and element j + G/2 in its high one, both signed.
+
+Only weights are quantized: activations, norms, RoPE and the KV cache stay float32, and
+products run in float32 (each weight is turned back to float in registers, never in memory, by
+the kernels below). A decode step is memory-bound, so reading 1 or 0.5 byte per weight instead
+of 4 is what makes it faster; the kernels reach that under `generate(..., compile=True)`, whose
+compiled step fuses the integer-to-float conversion into the product. Eagerly (prefill, or
+generation without compile) a weight is dequantized to float32 one chunk of rows at a time and
+multiplied by PyTorch: correct, but no faster than the float model.
+
+Names and keys: a quantized Linear keeps its name (`model.layers.0.self_attn.q_proj`) but holds
+two buffers instead of a `weight` parameter: `qweight` (int8; packed pairs for int4) and `scale`
+(bfloat16 [out, in / G]), so `state_dict()` has `...q_proj.qweight` and `...q_proj.scale` where
+the float model has `...q_proj.weight`. The head and the embedding share the same two tensors, as
+the float model's tied weight does (both keys appear, one storage). Code that reads `.weight` of
+a quantized projection gets an AttributeError rather than integers taken for floats.
+
+A quantized model is for inference: `train()` and quantizing twice raise; the norms' parameters
+are frozen. `load_pretrained("270m", quantize="int8")` loads, speeds up and quantizes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .compiled import compiled_decoding
+from .fast import FastAttention, FastGeGLU, FastLinear
+from .kv_cache import KVCache
+from .layers import Attention, GeGLU
+from .model import Gemma3ForCausalLM, Gemma3TextModel
+
+QMAX = {8: 127, 4: 7}
+DEFAULT_GROUP = {"int8": None, "int4": 32}  # None: one group per output row
+FORMATS = tuple(DEFAULT_GROUP)
+SCALE_DTYPE = torch.bfloat16
+FEW_ROWS = 4  # inputs with at most this many rows (decoding) use the fused kernels
+CHUNK_ROWS = 16384  # eager products dequantize this many weight rows at a time
+
+
+@dataclass
+class QuantizedTensor:
+    """A weight [out, in] as integers `data` and bfloat16 scales [out, in / group_size]."""
+
+    data: torch.Tensor  # int8 [out, in] (8 bits) or int8 [out, in / 2] (4 bits, two per byte)
+    scale: torch.Tensor
+    bits: int
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[0], self.scale.shape[1] * self.group_size
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + self.scale.numel() * self.scale.element_size()
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.data, self.scale, self.bits)
+
+
+def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optional[int]]:
+    """(bits, group_size) of a format name, or a clear error."""
+    if fmt not in DEFAULT_GROUP:
+        raise ValueError(f"unknown quantization format {fmt!r}: use one of {', '.join(map(repr, FORMATS))}")
+    bits = 8 if fmt == "int8" else 4
+    group = DEFAULT_GROUP[fmt] if group_size is None else group_size
+    if group is not None and (not isinstance(group, int) or group < 2 or group % 2):
+        raise ValueError(f"group_size must be an even integer >= 2 (or None for one group per row), got {group!r}")
+    return bits, group
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None) -> QuantizedTensor:
+    """Symmetric round-to-nearest quantization of w [out, in] in groups of `group_size` inputs.
+
+    `group_size=None` is one group per output row. Every weight comes back within scale / 2.
+    """
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"expected a float weight [out, in], got shape {tuple(w.shape)} and dtype {w.dtype}")
+    out_features, in_features = w.shape
+    group = in_features if group_size is None else group_size
+    if in_features % group or group % 2:
+        raise ValueError(
+            f"group_size {group} does not divide the {in_features} inputs of a [{out_features}, {in_features}] "
+            "weight into even groups: pick an even divisor (e.g. 32 or 64) or None for one group per row"
+        )
+    qmax = QMAX[bits]
+    g = w.detach().float().reshape(out_features, in_features // group, group)
+    scale = (g.abs().amax(-1) / qmax).to(SCALE_DTYPE)  # [out, groups]
+    if not torch.isfinite(scale).all():
+        raise ValueError("the weight holds inf or nan: it cannot be quantized")
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale)).float()  # an all-zero group stays zero
+    q = torch.round(g / safe[..., None]).clamp_(-qmax, qmax).to(torch.int8)
+    if bits == 8:
+        data = q.reshape(out_features, in_features)
+    else:
+        half = group // 2
+        data = ((q[..., :half] & 15) | (q[..., half:] << 4)).reshape(out_features, in_features // 2)
+    return QuantizedTensor(data.contiguous(), scale.contiguous(), bits, group)
+
+
+def unpack_int4(data: torch.Tensor, groups: int) -> torch.Tensor:
+    """Packed int4 [out, in / 2] -> int8 values [out, groups, G] (the low nibbles, then the high ones)."""
+    p = data.view(data.shape[0], groups, -1)
+    return torch.cat([(p << 4) >> 4, p >> 4], dim=-1)  # arithmetic shifts keep the sign
+
+
+def dequantize(data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Float32 weights [out, in] from integers and scales [out, groups]."""
+    out_features, groups = scale.shape
+    q = data.view(out_features, groups, -1) if bits == 8 else unpack_int4(data, groups)
+    return (q.float() * scale.float()[..., None]).reshape(out_features, -1)
+
+
+def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """x [..., in] @ w.T for a quantized w, written for torch.compile: each group's products are
+    summed, then scaled; the integers become floats inside the fused loop, never in memory."""
+    out_features, groups = scale.shape
+    xg = x.reshape(*x.shape[:-1], 1, groups, -1)  # [..., 1, groups, G]
+    p = data.view(out_features, groups, -1)
+    if bits == 8:
+        partial = (xg * p.float()).sum(-1)  # [..., out, groups]
+    else:
+        half = p.shape[-1]
+        partial = (xg[..., :half] * ((p << 4) >> 4).float()).sum(-1) + (xg[..., half:] * (p >> 4).float()).sum(-1)
+    return (partial * scale.float()).sum(-1)
+
+
+def chunked_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """x @ w.T eagerly: CHUNK_ROWS weight rows dequantized at a time (a 262,144-row head is never
+    float32 in memory at once)."""
+    outs = [F.linear(x, dequantize(data[i:i + CHUNK_ROWS], scale[i:i + CHUNK_ROWS], bits))
+            for i in range(0, data.shape[0], CHUNK_ROWS)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+class QuantLinear(nn.Module):
+    """A bias-free Linear whose weight is quantized: buffers `qweight` and `scale` (see the module doc)."""
+
+    def __init__(self, qt: QuantizedTensor):
+        super().__init__()
+        self.out_features, self.in_features = qt.shape
+        self.bits, self.group_size = qt.bits, qt.group_size
+        self.register_buffer("qweight", qt.data)
+        self.register_buffer("scale", qt.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"a quantized model computes in float32, got input of dtype {x.dtype}")
+        if torch.compiler.is_compiling() and x.numel() <= FEW_ROWS * self.in_features:
+            return quantized_matvec(x, self.qweight, self.scale, self.bits)
+        return chunked_linear(x, self.qweight, self.scale, self.bits)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight [out, in] these integers stand for."""
+        return dequantize(self.qweight, self.scale, self.bits)
+
+    def extra_repr(self) -> str:
+        group = "per channel" if self.group_size == self.in_features else f"groups of {self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}, {group}"
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding table held by a QuantLinear (the tied head): a lookup dequantizes only its rows."""
+
+    def __init__(self, head: QuantLinear, padding_idx: Optional[int] = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.bits, self.padding_idx = head.bits, padding_idx
+        self.register_buffer("qweight", head.qweight)  # the same tensors: one storage, two keys
+        self.register_buffer("scale", head.scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = dequantize(self.qweight[ids.reshape(-1)], self.scale[ids.reshape(-1)], self.bits)
+        return rows.view(*ids.shape, self.embedding_dim)
+
+
+class QuantizedTextModel(Gemma3TextModel):
+    """Gemma3TextModel whose embedding scale is float32 (the table itself holds integers)."""
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids) * self.config.hidden_size**0.5
+
+
+class QuantizedCausalLM(Gemma3ForCausalLM):
+    """Gemma3ForCausalLM with quantized weights: inference only, float32 KV cache and activations."""
+
+    quantization: str
+
+    def new_cache(self, max_len: int, batch_size: int = 1, sliding: bool = True) -> KVCache:
+        w = self.model.norm.weight  # the compute dtype and device (the head holds integers)
+        return KVCache(self.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                f"this model is quantized ({self.quantization}) for inference: its integer weights get no "
+                "gradients. Train the float model (load_pretrained(..., quantize=None)) and quantize afterwards"
+            )
+        return super().train(False)
+
+    def tie_weights(self) -> None:
+        raise RuntimeError("a quantized model's head and embedding already share their integers")
+
+
+UNFAST = {FastLinear: nn.Linear, FastAttention: Attention, FastGeGLU: GeGLU}
+
+
+@torch.no_grad()
+def quantize(model: Gemma3ForCausalLM, fmt: str = "int8", group_size: Optional[int] = None) -> QuantizedCausalLM:
+    """Quantize a float Gemma3ForCausalLM in place and return it: every Linear and the tied head/embedding.
+
+    fmt "int8": per output channel (group_size None) unless a group size is given; "int4": groups
+    of 32 unless another even divisor of every width is given (None: per channel). The model is
+    put in eval mode; `generate(..., compile=True)` runs the fused kernels (see the module doc).
+    """
+    if isinstance(model, QuantizedCausalLM):
+        raise ValueError(f"the model is already quantized ({model.quantization}): quantize the float model once")
+    if type(model) is not Gemma3ForCausalLM:
+        raise TypeError(f"quantize supports the text model Gemma3ForCausalLM, got {type(model).__name__}")
+    bits, group = check_format(fmt, group_size)
+    head = model.lm_head
+    if head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
+        raise ValueError("expected the head tied to the embedding (model.tie_weights())")
+    for mod in [m for m in model.modules() if isinstance(m, nn.Linear)]:  # check all before changing any
+        if group is not None and mod.in_features % group:
+            raise ValueError(f"group_size {group} does not divide the {mod.in_features} inputs of a Linear; "
+                             "pick a divisor of every width (e.g. 32 or 64)")
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child is not head:
+                setattr(module, name, QuantLinear(quantize_tensor(child.weight, bits, group)))
+    model.lm_head = QuantLinear(quantize_tensor(head.weight, bits, group))
+    model.model.embed_tokens = QuantEmbedding(model.lm_head, model.config.pad_token_id)
+    for module in model.modules():
+        if type(module) in UNFAST:  # fused products read `.weight`; the plain modules call each projection
+            module.__class__ = UNFAST[type(module)]
+    model.model.__class__ = QuantizedTextModel
+    model.__class__ = QuantizedCausalLM
+    model.quantization = fmt if group_size is None else f"{fmt}, groups of {group}"
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    model.__dict__["compiled_decoding"] = functools.partial(compiled_decoding, model)
+    return model
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers, each storage counted once (the tied table once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def bits_per_weight(bits: int, group_size: int) -> float:
+    """Stored bits per weight: the integer plus its group's share of a 16-bit scale."""
+    return bits + 16 / group_size
+
