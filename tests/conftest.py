@@ -22,3 +22,22 @@ def hf_real():
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     return model.eval(), tok
+
+
+# The slowest files first: `-n 2 --dist loadfile` hands out whole files in collection order, so a
+# slow notebook collected last would leave one worker idle at the end of the run.
+SLOWEST_FIRST = (
+    "notebooks/06_assemble_gemma3.ipynb", "tests/test_real_model.py", "notebooks/11_real_model.ipynb",
+    "notebooks/10_distillation.ipynb", "tests/test_tokenizer.py", "notebooks/12_quantization.ipynb",
+    "tests/test_nbgrader.py", "tests/test_browser.py", "tests/test_fast.py", "tests/test_quantize.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+
+    def rank(item) -> int:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        return SLOWEST_FIRST.index(path) if path in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
