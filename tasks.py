@@ -34,7 +34,7 @@ PYPROJECT = ROOT / "pyproject.toml"
 STAMP = VENV / "tasks-setup.json"  # what setup() installed, and from which inputs
 
 PYTEST_ARGS = [
-    "-n", "3", "--dist", "loadfile",  # 3 workers on 2 cores: browser, kernel and nbgrader start-ups wait
+    "-n", "2", "--dist", "loadfile",
     "--nbval", "--nbval-current-env", "--nbval-sanitize-with", "tests/nbval_sanitize.cfg",
     "tests", "notebooks",
 ]

@@ -24,7 +24,7 @@ def hf_real():
     return model.eval(), tok
 
 
-# The slowest files first: `-n 3 --dist loadfile` hands out whole files in collection order, so a
+# The slowest files first: `-n 2 --dist loadfile` hands out whole files in collection order, so a
 # slow notebook collected last would leave one worker idle at the end of the run.
 SLOWEST_FIRST = (
     "notebooks/06_assemble_gemma3.ipynb", "tests/test_real_model.py", "notebooks/11_real_model.ipynb",
