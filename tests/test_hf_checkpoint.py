@@ -408,6 +408,15 @@ def test_hugging_face_cache_layout_with_symlinks_to_blobs_loads(text_folders, tm
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), reference.state_dict().values()))
 
 
+def change_config(folder, change: dict) -> None:
+    """Edit the folder's config.json, with the 4.x keys (rope_theta) in place of transformers 5's rope_parameters."""
+    path = folder / "config.json"
+    d = json.loads(path.read_text())
+    d.pop("rope_parameters", None)
+    d.update(change)
+    path.write_text(json.dumps(d))
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(rms_norm_eps=-1e-6), "rms_norm_eps must be a finite number > 0, got -1e-06"),
     (dict(rms_norm_eps=float("nan")), "rms_norm_eps must be a finite number > 0, got nan"),
@@ -426,11 +435,7 @@ def test_hugging_face_cache_layout_with_symlinks_to_blobs_loads(text_folders, tm
 ])
 def test_config_values_are_checked_before_loading(broken, change, message):
     """rope_theta lives in rope_parameters in transformers 5's files; the 4.x keys are read when it is absent."""
-    path = broken / "config.json"
-    d = json.loads(path.read_text())
-    d.pop("rope_parameters", None)
-    d.update(change)
-    path.write_text(json.dumps(d))
+    change_config(broken, change)
     with pytest.raises(ValueError, match=rf"config\.json: {message}"):
         load_hf_model(broken, progress=False)
 
@@ -501,11 +506,7 @@ def test_index_or_config_that_is_not_an_object(broken):
     (dict(num_hidden_layers=None), r"num_hidden_layers must be a positive int, got None"),
 ])
 def test_malformed_config_values_name_the_file_and_key(broken, change, message):
-    path = broken / "config.json"
-    d = json.loads(path.read_text())
-    d.pop("rope_parameters", None)
-    d.update(change)
-    path.write_text(json.dumps(d))
+    change_config(broken, change)
     with pytest.raises(ValueError, match=rf"config\.json.*{message}"):
         load_hf_model(broken, progress=False)
 
