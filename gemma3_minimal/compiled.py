@@ -109,3 +109,8 @@ def compiled_decoding(model: Gemma3Base, max_len: int) -> Iterator[tuple[StaticK
     finally:
         with _LOCK:
             _pool(model).append(cache)
+
+
+def enable_compiled_decoding(model: Gemma3Base) -> None:
+    """Let `generate(model, ..., compile=True)` use `compiled_decoding` (a plain attribute, not a module's)."""
+    model.__dict__["compiled_decoding"] = functools.partial(compiled_decoding, model)

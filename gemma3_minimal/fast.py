@@ -14,14 +14,13 @@ sped-up model's logits, greedy tokens and gradients equal the reference model's.
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compiled import compiled_decoding
+from .compiled import enable_compiled_decoding
 from .layers import Attention, GeGLU
 from .model import Gemma3Base
 
@@ -191,5 +190,5 @@ def speed_up(model: Gemma3Base) -> Gemma3Base:
         if fast is not None:
             module.__class__ = fast
     set_weight_layout(model)
-    model.__dict__["compiled_decoding"] = functools.partial(compiled_decoding, model)  # not a module attribute
+    enable_compiled_decoding(model)
     return model

@@ -33,7 +33,6 @@ are frozen. `load_pretrained("270m", quantize="int8")` loads, speeds up and quan
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -41,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compiled import compiled_decoding
+from .compiled import enable_compiled_decoding
 from .fast import FastAttention, FastGeGLU, FastLinear
 from .kv_cache import KVCache
 from .layers import Attention, GeGLU
@@ -259,7 +258,7 @@ def quantize(model: Gemma3ForCausalLM, fmt: str = "int8", group_size: Optional[i
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    model.__dict__["compiled_decoding"] = functools.partial(compiled_decoding, model)
+    enable_compiled_decoding(model)
     return model
 
 
