@@ -44,9 +44,12 @@ PYTEST_ARGS = [
 INSTALLS = {
     "": "PyTorch (CPU), JupyterLab, matplotlib, ipywidgets and the Gemma 3 270M weights (1.6 GB in "
         ".venv/): about 1-2 minutes on 2 cores, plus the download",
+    "course": "transformers, the reference that notebooks 01, 06 and 11 check the library against "
+              "(0.1 GB more): under a minute on 2 cores, plus the download",
     "test": "the test tools as well (transformers, pytest, nbval, Playwright; 0.3 GB more): "
             "about 1 more minute on 2 cores, plus the download",
 }
+INCLUDES = {"test": {"course"}}  # an extra whose packages hold another's: installing it installs both
 WILDCARD_HOSTS = {"0.0.0.0", "[::]"}
 LOCAL_HOSTS = {"127.0.0.1", "[::1]"}
 QUIET_S = 1.0  # the banner waits for this long a pause in the server's start-up messages
@@ -75,12 +78,17 @@ def installed_extras() -> set[str]:
     stamp = read_stamp()
     if stamp is None or stamp.get("inputs") != setup_inputs():
         return set()
-    return set(stamp.get("extras", []))
+    return with_included(set(stamp.get("extras", [])))
 
 
 def is_up_to_date(extra: str) -> bool:
     """True when `setup(extra)` has nothing to do (the test of `lab` checks this before starting it)."""
     return extra in installed_extras()
+
+
+def with_included(extras: set[str]) -> set[str]:
+    """`extras` and every extra their packages already hold (`INCLUDES`)."""
+    return extras.union(*(INCLUDES.get(e, set()) for e in extras))
 
 
 def install(spec: str) -> None:
@@ -128,12 +136,12 @@ def setup(extra: str) -> None:
     wanted = [e for e in dict.fromkeys(("", extra)) if e not in extras]
     print("Installing " + "; ".join(INSTALLS[e] for e in wanted) + ".", flush=True)
     install(f".[{extra}]" if extra else ".")
-    STAMP.write_text(json.dumps({"inputs": setup_inputs(), "extras": sorted(extras | {"", extra})}) + "\n")
+    STAMP.write_text(json.dumps({"inputs": setup_inputs(), "extras": sorted(with_included(extras | {"", extra}))}) + "\n")
 
 
 def lab() -> None:
     """JupyterLab on notebooks/, as root or not, headless or not; prints the URL in use at the end."""
-    setup("")
+    setup("course")
     args = sys.argv[2:]
     command = [str(PYTHON), "-m", "jupyterlab", f"--ServerApp.root_dir={ROOT / 'notebooks'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in args:

@@ -46,14 +46,12 @@ def read_bandwidth(n_bytes: int = 1 << 30, runs: int = 7) -> float:
 
 
 def load_both(dtype: torch.dtype = torch.float32):
-    """(ours, transformers', token ids of a prompt) for the real 270M from the same GGUF file."""
-    from transformers import AutoModelForCausalLM
-
+    """(ours, transformers', our tokenizer) for the real 270M from the same GGUF file."""
     import gemma3_minimal as g3
+    from gemma3_minimal.course.reference import load_reference
 
     ours, tok = g3.load_pretrained("270m", dtype=dtype)
-    path = g3.assets.gguf_path()
-    theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).eval()
+    theirs, _ = load_reference(dtype)
     return ours, theirs, tok
 
 

@@ -46,10 +46,9 @@ def worker(library: str, length: int, runs: int) -> dict:
         model = g3.load_model("270m")
         step = lambda: model(ids, last_only=True)  # noqa: E731
     else:
-        from transformers import AutoModelForCausalLM
+        from gemma3_minimal.course.reference import load_reference
 
-        path = g3.assets.gguf_path()
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        model, _ = load_reference(torch.float32)
         step = lambda: model(ids, use_cache=True, logits_to_keep=1)  # noqa: E731
     base = status_mb("VmRSS")
     reset_peak()

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from gemma3_minimal.tokenizer import Gemma3Tokenizer
-from gemma3_minimal.assets import gguf_path
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multilingual"
 
@@ -51,10 +50,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
+    from gemma3_minimal.course.reference import reference_tokenizer
 
-    path = gguf_path()
-    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ref = reference_tokenizer()
     ours = Gemma3Tokenizer.from_pretrained()
     text = make_text(args.chars)
 

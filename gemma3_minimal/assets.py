@@ -100,14 +100,17 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> Path:
     """Call `write(partial)` to fill a partial file beside `target`, then rename it to `target`.
 
     Readers never see half a file; an exception removes the partial file, and a killed process
-    leaves one that `remove_stale_partials` recognizes.
+    leaves one that `remove_stale_partials` recognizes. `write` may make a folder instead of a file.
     """
     partial = partial_path(target)
     try:
         write(partial)
         os.replace(partial, target)
     finally:
-        partial.unlink(missing_ok=True)
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
     return target
 
 

@@ -13,15 +13,11 @@ def real_model():
 
 @pytest.fixture(scope="session")
 def hf_real():
-    """transformers' Gemma3ForCausalLM and tokenizer from the same GGUF file, float32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """transformers' Gemma3ForCausalLM and tokenizer as transformers reads the same GGUF file, float32
+    (read once per machine, then loaded from its verified copy: `gemma3_minimal.course.reference`)."""
+    from gemma3_minimal.course.reference import load_reference
 
-    from gemma3_minimal.assets import gguf_path
-
-    path = gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return model.eval(), tok
+    return load_reference(torch.float32)
 
 
 # The slowest files first: `-n 2 --dist loadfile` hands out whole files in collection order, so a

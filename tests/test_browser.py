@@ -230,7 +230,7 @@ def test_the_readme_command_starts_the_course_as_a_newcomer_does(browser, tmp_pa
     """`python3 tasks.py lab` on a busy port, headless (as root where the suite runs as root): the URL it
     prints opens the course; 00_overview runs from the file browser with no error and draws its
     figure; Ctrl-C stops the server and its kernel, leaving no process behind."""
-    if not tasks.is_up_to_date(""):
+    if not tasks.is_up_to_date("course"):
         reason = (f"{tasks.VENV} is not set up by tasks.py for the current constraints and pyproject.toml: "
                   "`python3 tasks.py test` sets it up and then runs this test")
         if Path(sys.prefix).resolve() == tasks.VENV.resolve():

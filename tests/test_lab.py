@@ -52,6 +52,21 @@ def test_setup_installs_only_what_is_missing_and_says_what(fake_venv, capsys):
     assert tasks.is_up_to_date("") and not tasks.is_up_to_date("test")
 
 
+def test_lab_installs_the_course_reference_and_test_includes_it(fake_venv, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(tasks, "serve", started.append)
+    monkeypatch.setattr(tasks.sys, "argv", ["tasks.py", "lab"])
+    tasks.lab()  # transformers comes with the course: notebooks 01, 06 and 11 compare with it
+    said = capsys.readouterr().out
+    assert fake_venv == [".[course]"] and tasks.INSTALLS["course"] in said and len(started) == 1
+    assert tasks.is_up_to_date("course") and tasks.is_up_to_date("") and not tasks.is_up_to_date("test")
+    tasks.setup("test")
+    assert fake_venv == [".[course]", ".[test]"] and tasks.INSTALLS["course"] not in capsys.readouterr().out
+    tasks.STAMP.write_text(tasks.STAMP.read_text().replace('"course", ', ""))  # a stamp that names test only
+    tasks.setup("course")  # test's packages hold course's: nothing to install
+    assert fake_venv == [".[course]", ".[test]"] and capsys.readouterr().out == ""
+
+
 def test_setup_does_not_trust_an_unreadable_stamp(fake_venv):
     tasks.STAMP.write_text("{not json")
     assert not tasks.is_up_to_date("")

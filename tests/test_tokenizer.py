@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import AddedToken
-from transformers import AutoTokenizer
 from transformers import Gemma3Processor as HFGemma3Processor
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
 from gemma3_minimal import get_config
-from gemma3_minimal.assets import gguf_path
 from gemma3_minimal.chat import encode_prompt
+from gemma3_minimal.course.reference import reference_tokenizer
 from gemma3_minimal.multimodal import Gemma3ForConditionalGeneration
 from gemma3_minimal.tokenizer import Gemma3Tokenizer, render_chat, train_tokenizer
 
@@ -104,12 +103,9 @@ OFFICIAL_EXTRA_TOKENS = {"image_token": "<image_soft_token>", "boi_token": "<sta
 
 @pytest.fixture(scope="module")
 def ref():
-    """transformers' Gemma tokenizer read from the same GGUF, with the official tokenizer's extra special
-    tokens: loaded once, it takes ~15 s on an idle machine.
-    """
-    path = gguf_path()
-    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
-                                        extra_special_tokens=OFFICIAL_EXTRA_TOKENS)
+    """transformers' Gemma tokenizer as it reads the same GGUF (its verified saved copy), with the official
+    tokenizer's extra special tokens."""
+    ref = reference_tokenizer(extra_special_tokens=OFFICIAL_EXTRA_TOKENS)
     # extra_special_tokens names them (ref.boi_token, ...); mark them special in the backend too
     ref.add_tokens([AddedToken(t, special=True, normalized=False) for t in OFFICIAL_EXTRA_TOKENS.values()],
                    special_tokens=True)
