@@ -25,6 +25,13 @@ ConfigLike = Union[Gemma3Config, str]
 # The report names the formats but not their scale layouts or dtypes: those are assumptions here.
 WEIGHT_FORMAT_BITS: dict[str, float] = {"bf16": 16.0, "int4": 4.0, "int4_blocks32": 4.5, "sfp8": 8.0}
 
+# Embedding rows of the published checkpoints. The presets use the tokenizer's 262,144 pieces; the
+# official 4B, 12B and 27B checkpoints carry 262,208 rows (262,144 padded to a multiple of 64, as in
+# transformers' Gemma3TextConfig default), the 270M and 1B 262,144. The 64 extra rows change the
+# counts by 64 x hidden parameters (0.004% of the 4B), nothing else.
+CHECKPOINT_EMBEDDING_ROWS: dict[str, int] = {"270m": 262_144, "1b": 262_144, "4b": 262_208, "12b": 262_208,
+                                             "27b": 262_208}
+
 
 def _as_config(cfg: ConfigLike) -> Gemma3Config:
     """A config, or the preset of that name (unknown names raise ValueError listing the presets)."""
@@ -109,6 +116,17 @@ def weight_bytes(cfg: ConfigLike, weight_format: str = "bf16") -> int:
     return math.ceil(count_parameters(cfg) * WEIGHT_FORMAT_BITS[weight_format] / 8)
 
 
+def checkpoint_config(name: str) -> Gemma3Config:
+    """The preset `name` with the embedding rows of its published checkpoint (CHECKPOINT_EMBEDDING_ROWS).
+
+    count_parameters(checkpoint_config("27b")) -> 27_432_406_640 (the preset: 27_432_062_576)
+    """
+    cfg = _as_config(name)
+    if cfg.name not in CHECKPOINT_EMBEDDING_ROWS:
+        raise ValueError(f"no published checkpoint for {cfg.name!r}; choose one of {', '.join(CHECKPOINT_EMBEDDING_ROWS)}")
+    return cfg.replace(vocab_size=CHECKPOINT_EMBEDDING_ROWS[cfg.name])
+
+
 def _check_context_len(cfg: Gemma3Config, context_len: int) -> None:
     if not isinstance(context_len, int) or context_len <= 0:
         raise ValueError(f"context_len must be a positive int, got {context_len!r}")
@@ -161,3 +179,21 @@ def kv_cache_bytes(
     values_per_slot = 2 * cfg.num_key_value_heads * cfg.head_dim  # K and V
     total_slots = sum(kv_cache_slots(cfg, context_len, sliding))
     return math.ceil(batch_size * total_slots * values_per_slot * bytes_per_value)
+
+
+def inference_bytes(
+    cfg: ConfigLike,
+    context_len: int,
+    weight_format: str = "bf16",
+    kv_bytes_per_value: float = 2,
+    sliding: bool = True,
+    batch_size: int = 1,
+) -> int:
+    """Weights in `weight_format` plus the KV cache of `batch_size` sequences of `context_len` tokens.
+
+    Activations, workspace and the runtime's own memory are not counted: a lower bound of what
+    inference needs. `sliding=False` gives the cache of a model with global attention only.
+    """
+    return weight_bytes(cfg, weight_format) + kv_cache_bytes(
+        cfg, context_len, kv_bytes_per_value, sliding=sliding, batch_size=batch_size
+    )

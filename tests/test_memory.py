@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gemma3_minimal as g3
-from gemma3_minimal.memory import kv_cache_slots, parameter_breakdown, weight_bytes
+from gemma3_minimal.memory import checkpoint_config, inference_bytes, kv_cache_slots, parameter_breakdown, weight_bytes
 
 # DESIGN.md: exact counts (text + vision where present); transformers built on the meta device agrees.
 EXACT = {
@@ -150,3 +150,33 @@ def test_kv_cache_bytes_equal_allocated_cache_batched_tiny() -> None:
     cfg = g3.get_config("tiny")  # 2 kv heads x 16 dims, window 8, layers 0-4 and 6-7 local
     cache = g3.KVCache(cfg, 3, 20, torch.float32, "cpu")
     assert cache.nbytes == g3.kv_cache_bytes(cfg, 20, bytes_per_value=4, batch_size=3) == 3 * (20 + 7 * 8) * 2 * 2 * 16 * 4
+
+
+# REFERENCE.md: transformers counts the official 4B/12B/27B checkpoints (262,208 embedding rows) at these.
+CHECKPOINT_EXACT = {"4b": 4_300_079_472, "12b": 12_187_325_040, "27b": 27_432_406_640}
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_checkpoint_config_has_the_published_embedding_rows(name: str) -> None:
+    cfg = checkpoint_config(name)
+    extra_rows = cfg.vocab_size - g3.get_config(name).vocab_size
+    assert extra_rows == (64 if name in CHECKPOINT_EXACT else 0)
+    assert g3.count_parameters(cfg) == CHECKPOINT_EXACT.get(name, EXACT[name]) == EXACT[name] + extra_rows * cfg.hidden_size
+    assert cfg.replace(vocab_size=g3.get_config(name).vocab_size) == g3.get_config(name)  # nothing else changes
+
+
+def test_checkpoint_rows_are_transformers_default_and_refuse_other_configs() -> None:
+    transformers = pytest.importorskip("transformers")
+    assert transformers.Gemma3TextConfig().vocab_size == checkpoint_config("27b").vocab_size
+    for name in ("tiny", g3.get_config("4b").replace(name="custom")):
+        with pytest.raises(ValueError, match="no published checkpoint"):
+            checkpoint_config(name)
+
+
+def test_inference_bytes_is_weights_plus_cache() -> None:
+    cfg = checkpoint_config("27b")
+    assert inference_bytes(cfg, 131_072) == weight_bytes(cfg, "bf16") + g3.kv_cache_bytes(cfg, 131_072)
+    assert inference_bytes(cfg, 131_072, "int4", kv_bytes_per_value=1, sliding=False, batch_size=2) == (
+        weight_bytes(cfg, "int4") + 2 * 62 * 131_072 * 2 * 16 * 128)  # every layer full, 1 byte per value
+    with pytest.raises(ValueError, match="unknown weight format"):
+        inference_bytes(cfg, 1024, "fp4")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gemma3_minimal.course.long_context import layout_table
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("renormalized", "counts")
 
@@ -55,3 +57,18 @@ def test_distillation_results_match_the_notebook_setup():
     source = (ROOT / "notebooks" / "10_distillation.ipynb").read_text()
     assert setup["seq_len"] == 32 and "SEQ = 32" in source
     assert setup["num_samples"] == 256 and setup["store_seed"] == 0
+
+
+def test_kv_cache_notebook_shows_the_saved_long_context_run():
+    """Notebook 05 prints `benchmarks/results/long_context_270m.json` (8,192 tokens, ring against all-global)."""
+    bench = json.loads((ROOT / "benchmarks" / "results" / "long_context_270m.json").read_text())
+    ring, full = bench["results"]["ring"], bench["results"]["global"]
+    saved = (full["peak_added_bytes"] - ring["peak_added_bytes"]) / (full["cache_bytes"] - ring["cache_bytes"])
+    expected = [
+        layout_table(bench),
+        f"measured saving: {saved:.0%} of the predicted; prefill time, all-global / ring: "
+        f"{full['prefill_s'] / ring['prefill_s']:.2f}",
+    ]
+    shown = stored_output("05_kv_cache_and_memory.ipynb")
+    missing = [text for text in expected if text not in shown]
+    assert not missing, "re-execute notebooks/05_kv_cache_and_memory.ipynb; not shown:\n" + "\n".join(missing)
