@@ -4,8 +4,8 @@
     embeds:  text ids -> embedding table (x sqrt(hidden));  soft tokens -> SigLIP + projector output
     mask:    causal for text; the 256 tokens of one image see each other in both directions
 
-The soft token id (262,144) is one past the embedding table: it is only a placeholder, replaced
-by image features and never looked up. Module names follow transformers'
+The soft token id (262,144) is only a placeholder, replaced by image features and never looked
+up: one past this library's 262,144-row table, a row of the published 4B-27B checkpoints' 262,208. Module names follow transformers'
 `Gemma3ForConditionalGeneration` (`model.vision_tower`, `model.multi_modal_projector`,
 `model.language_model`, `lm_head`), so state dicts copy by name.
 """

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gemma3_minimal.course.reference import check_same_as_gguf, reference_dir
 from gemma3_minimal.generate import generate_ids
 
 TEXT = (Path(__file__).parent / "data" / "long_text.txt").read_text()
@@ -77,3 +78,20 @@ def test_token_by_token_decoding_equals_full_forward(real_model, long_ids):
             assert sorted(layer.pos.tolist()) == list(range(1050 - window, 1050))
         else:
             assert layer.k.shape[2] == 1050
+
+
+def test_the_saved_reference_is_checked_against_the_gguf_reading(hf_real):
+    """The saved transformers folder is compared with the GGUF-loaded model when it is built
+    (`check_same_as_gguf`): one edited weight is named, and nothing else differs."""
+    hf, tok = hf_real
+    folder = reference_dir()
+    weight = hf.model.layers[0].mlp.down_proj.weight
+    original = weight[0, 0].item()
+    with torch.no_grad():
+        weight[0, 0] = original + 1e-3
+    try:
+        with pytest.raises(RuntimeError, match=r"in \['model\.layers\.0\.mlp\.down_proj\.weight'\]$"):
+            check_same_as_gguf(folder, hf, tok)
+    finally:
+        with torch.no_grad():
+            weight[0, 0] = original
