@@ -20,6 +20,16 @@ def hf_real():
     return load_reference(torch.float32)
 
 
+def pytest_configure(config):
+    """With workers (`-n`), the controlling process builds the saved transformers reference before any
+    worker starts, when a machine has none yet: the workers and the notebooks' kernels then all load
+    it, instead of several reading the GGUF at the same time (minutes each)."""
+    if config.getoption("numprocesses", default=None) and not hasattr(config, "workerinput"):
+        from gemma3_minimal.course.reference import reference_dir
+
+        reference_dir()
+
+
 # The slowest files first: `-n 2 --dist loadfile` hands out whole files in collection order, so a
 # slow notebook collected last would leave one worker idle at the end of the run.
 SLOWEST_FIRST = (

@@ -10,15 +10,21 @@ warning. Later loads take seconds, and the reference stays transformers' own rea
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import shutil
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 import transformers
+import transformers.modeling_gguf_pytorch_utils as gguf_utils
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from ..assets import cache_dir, expected_sha256, gguf_path, sha256_file, write_atomically
 
@@ -33,16 +39,35 @@ def reference_dir() -> Path:
         return folder
     if folder.exists():
         warnings.warn(f"{problem}; rebuilding it from the verified GGUF", stacklevel=2)
-        shutil.rmtree(folder)
-    write_atomically(folder, _build)
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        write_atomically(folder, _build)
+    except OSError:
+        if _check(folder) is not None:  # not another process that finished the same build first
+            raise
     return folder
 
 
 def load_reference(dtype: torch.dtype = torch.float32):
     """(transformers' Gemma3ForCausalLM in eval mode, its tokenizer), both as transformers reads the GGUF."""
     folder = reference_dir()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
+    with _quiet():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No progress bars from transformers: they would land in the notebooks' committed outputs. Its GGUF
+    reader calls `tqdm` directly, past the switch of `transformers.utils.logging`: that name is swapped too."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with mock.patch.object(gguf_utils, "tqdm", functools.partial(tqdm, disable=True)):
+            yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def reference_tokenizer(**kwargs):
@@ -53,8 +78,9 @@ def reference_tokenizer(**kwargs):
 def load_from_gguf(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) as transformers reads the GGUF itself: the slow path `reference_dir` caches."""
     path = gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     return model.eval(), tok
 
 

@@ -41,17 +41,21 @@ def token_html(tok, text: str) -> str:
     return f'<div style="line-height:2.1">{"".join(boxes)}</div>'
 
 
-def plot_tokens_per_word(languages: Sequence[str], series: dict[str, Sequence[float]]):
-    """Grouped bars: tokens per word for each language, one bar per tokenizer in `series`.
+def plot_tokens_per_language(languages: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
+                             reference: float | None = None):
+    """Grouped bars: one value per language (e.g. tokens per sentence), one bar per tokenizer in `series`;
+    `reference` draws a horizontal line (e.g. 1.0 for English).
 
-    Example: `plot_tokens_per_word(["en", "fr"], {"Gemma 3": [1.2, 1.4], "small": [2.0, 2.5]})`.
+    Example: `plot_tokens_per_language(["en", "fr"], {"Gemma 3": [1.0, 1.2]}, "tokens / English", 1.0)`.
     """
     fig, ax = plt.subplots(figsize=(9, 3.5))
     width = 0.8 / len(series)
     for k, (name, values) in enumerate(series.items()):
         ax.bar([i + k * width for i in range(len(languages))], values, width, label=name)
     ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(languages))], languages)
-    ax.set_ylabel("tokens per word")
+    ax.set_ylabel(ylabel)
+    if reference is not None:
+        ax.axhline(reference, color="black", lw=0.8)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
