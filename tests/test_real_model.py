@@ -57,18 +57,21 @@ def test_greedy_generation_equals_transformers(real_model, hf_real):
 
 
 def test_token_by_token_decoding_equals_full_forward(real_model, long_ids):
-    """1,050 positions one token at a time through the cache, twice past the 512 window.
+    """A 300-token prefill, then 750 positions one token at a time through the cache: the ring
+    buffers of the local layers wrap around twice (at 512 and 1,024), as in any long generation.
 
     Each step runs the blocks on one token with the cache; the tied head (63% of the bytes a step
     reads) is applied once to all the steps' final hidden states, which gives the same logits.
     """
     ids = long_ids[:, :1050]
+    prompt = 300
     cache = real_model.new_cache(max_len=ids.shape[1])
     text = real_model.text_model
     with torch.no_grad():
         full = real_model(ids)
-        hidden = torch.cat([text(text.embed(ids[:, i:i + 1]), cache=cache) for i in range(ids.shape[1])], dim=1)
-        steps = real_model.lm_head(hidden)  # [1, 1050, vocab]
+        hidden = [text(text.embed(ids[:, :prompt]), cache=cache)]  # the prompt in one chunk
+        hidden += [text(text.embed(ids[:, i:i + 1]), cache=cache) for i in range(prompt, ids.shape[1])]
+        steps = real_model.lm_head(torch.cat(hidden, dim=1))  # [1, 1050, vocab]
     assert full.abs().max() > 10
     torch.testing.assert_close(steps, full, atol=1e-3, rtol=0)
     window = real_model.config.sliding_window
