@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .checks import check_input_ids
+from .checks import check_context, check_input_ids
 from .config import LOCAL, Gemma3Config
 from .kv_cache import KVCache, LayerCache
 from .layers import Attention, GeGLU, RMSNorm
@@ -64,20 +64,12 @@ class Gemma3TextModel(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Hidden states [batch, seq, hidden] of inputs_embeds [batch, seq, hidden].
-
-        Positions default to the ones after what `cache` holds (0, 1, ... without a cache).
-        """
-        cfg = self.config
+        """[batch, seq, hidden] -> [batch, seq, hidden]; positions default to those after what `cache` holds."""
         T = inputs_embeds.shape[1]
         if positions is None:
-            offset = 0 if cache is None else cache.length
-            if offset + T > cfg.max_position_embeddings:
-                raise ValueError(
-                    f"sequence of {offset + T} positions is longer than the context of {cfg.name} "
-                    f"({cfg.max_position_embeddings}); shorten the input"
-                )
-            positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
+            start = 0 if cache is None else cache.length
+            check_context(self.config, start + T, "the input", "shorten it")
+            positions = torch.arange(start, start + T, device=inputs_embeds.device)
         if cache is not None:
             cache.advance(T)
         return self.blocks(inputs_embeds, positions, cache, image_ids)
@@ -152,14 +144,9 @@ class Gemma3ForCausalLM(Gemma3Base):
     def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
                 inputs_embeds: Optional[torch.Tensor] = None, image_ids: Optional[torch.Tensor] = None,
                 last_only: bool = False) -> torch.Tensor:
-        """Logits [batch, seq, vocab] (or [batch, 1, vocab] with `last_only`).
-
-        Args:
-            input_ids: [batch, seq] token ids; or pass `inputs_embeds` [batch, seq, hidden] instead.
-            cache: a KVCache from `new_cache`; positions continue from `cache.length`.
-            image_ids: [batch, seq] which image each token belongs to (-1 for text), for
-                bidirectional attention within an image.
-        """
+        """input_ids [batch, seq] (or inputs_embeds [batch, seq, hidden]) -> logits [batch, seq, vocab]
+        ([batch, 1, vocab] with `last_only`). Positions continue from `cache.length` (a KVCache from
+        `new_cache`); image_ids [batch, seq] (-1 for text) lets an image's tokens see each other."""
         if inputs_embeds is None:
             check_input_ids(self.config, input_ids)
             inputs_embeds = self.model.embed(input_ids)
