@@ -76,10 +76,13 @@ def check_sampling(temperature: float, top_k: Optional[int] = None, top_p: Optio
         raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
 
 
-def check_generation(model, max_new_tokens: int, temperature: float, top_k: Optional[int] = None,
-                     top_p: Optional[float] = None, compile: bool = False) -> None:
-    """`max_new_tokens` an integer >= 0, the sampling settings in range (see `check_sampling`), and
-    with `compile=True` a model that `speed_up` prepared."""
+def check_generation(model, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None, compile: bool = False) -> list[int]:
+    """Check a generation's settings (see `check_sampling`) and prompt; return the prompt as a list of ints.
+
+    `max_new_tokens` is an integer >= 0 that, with the prompt, fits the model's context; `compile=True`
+    needs a model that `speed_up` prepared.
+    """
     if not is_int(max_new_tokens):
         raise TypeError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
@@ -87,6 +90,11 @@ def check_generation(model, max_new_tokens: int, temperature: float, top_k: Opti
     check_sampling(temperature, top_k, top_p)
     if compile and not hasattr(model, "compiled_decoding"):
         raise ValueError("compile=True needs a model prepared by g3.speed_up(model) (load_pretrained does it)")
+    prompt = check_prompt_ids(prompt_ids)
+    check_context(model.config, len(prompt) + max_new_tokens,
+                  f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens})",
+                  "shorten the prompt or lower max_new_tokens")
+    return prompt
 
 
 def check_prompt_ids(prompt_ids: Sequence[int]) -> list[int]:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .compiled import enable_compiled_decoding
-from .layers import QUERY_CHUNK, Attention, GeGLU
+from .layers import Attention, GeGLU
 from .model import Gemma3Base
 
 MATVEC_BLOCKS = 4
@@ -120,36 +120,11 @@ class FastGeGLU(GeGLU):
 
 
 class FastAttention(Attention):
-    """Attention whose q, k and v projections are one product, and whose long prefills skip the keys
-    that a chunk of queries cannot see."""
+    """Attention whose q, k and v projections are one product."""
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = project(x, self.q_proj, self.k_proj, self.v_proj)
         return q, k, v
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-               q_image_ids: Optional[torch.Tensor] = None, k_image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`Attention.attend`, each chunk of queries against only the keys from its window's start to its
-        last query, when many keys sit at consecutive positions (a plain forward, a global layer's cache).
-
-        The keys skipped are masked anyway (weight exactly 0); on long prefills this saves most of the
-        local layers' attention work and nearly half of the global layers'. Image tokens may look
-        ahead within their image, so with images only the window's start bounds the keys.
-        """
-        Tq, Tk = q.shape[2], k.shape[2]
-        first = int(k_pos[0]) if Tq > 1 and Tk > QUERY_CHUNK else None  # decoding (Tq = 1) never slices
-        if first is None or not torch.equal(k_pos, torch.arange(first, first + Tk, device=k_pos.device)):
-            return super().attend(q, k, v, q_pos, k_pos, q_image_ids, k_image_ids)
-        outs = []
-        for start in range(0, Tq, QUERY_CHUNK):
-            stop = min(start + QUERY_CHUNK, Tq)
-            lo = 0 if self.sliding_window is None else max(0, int(q_pos[start]) - self.sliding_window + 1 - first)
-            hi = Tk if q_image_ids is not None else min(Tk, int(q_pos[stop - 1]) + 1 - first)
-            rows, keys = slice(start, stop), slice(lo, hi)
-            outs.append(super().attend(q[:, :, rows], k[:, :, keys], v[:, :, keys], q_pos[rows], k_pos[keys],
-                                       None if q_image_ids is None else q_image_ids[:, rows],
-                                       None if k_image_ids is None else k_image_ids[:, keys]))
-        return torch.cat(outs, dim=2)
 
 
 FUSED = {FastGeGLU: ("gate_proj", "up_proj"), FastAttention: ("q_proj", "k_proj", "v_proj")}

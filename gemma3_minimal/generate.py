@@ -10,15 +10,15 @@ config (`<eos>`, `<end_of_turn>`). Text and chat prompts, and streaming text, ar
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from .checks import check_context, check_generation, check_prompt_ids, check_sampling
+from .checks import check_generation, check_sampling
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token from logits [batch, vocab] -> [batch] ids.
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, keep the `top_k` largest,
@@ -41,19 +41,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
 
 @torch.no_grad()
 def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_ids: Optional[Sequence[int]] = None, compile: bool = False, **prefill_inputs) -> Iterator[int]:
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop_ids: Sequence[int] | None = None, compile: bool = False, **prefill_inputs) -> Iterator[int]:
     """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`.
 
     `stop_ids` default to `model.config.stop_token_ids`. `prefill_inputs` go to the prompt's
     forward pass only (e.g. `pixel_values` for the images). `compile=True` runs the steps through
     the performance layer's static cache and compiled step (`compiled.py`; `speed_up` sets it up).
     """
-    check_generation(model, max_new_tokens, temperature, top_k, top_p, compile)
-    prompt = check_prompt_ids(prompt_ids)
+    prompt = check_generation(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, compile)
     max_len = len(prompt) + max_new_tokens
-    check_context(model.config, max_len, f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens})",
-                  "shorten the prompt or lower max_new_tokens")
     stop_ids = model.config.stop_token_ids if stop_ids is None else stop_ids
     device = next(model.parameters()).device
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)

@@ -12,8 +12,6 @@ position); every slot remembers the position it holds (-1 when empty), and masks
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .checks import check_cache_len, check_cache_room
@@ -24,15 +22,15 @@ class LayerCache:
     """Keys and values of one layer, [batch, kv_heads, slots, head_dim] each, and the position in each slot."""
 
     def __init__(self, batch_size: int, kv_heads: int, slots: int, head_dim: int, ring: bool,
-                 dtype: torch.dtype, device):
+                 dtype: torch.dtype, device: torch.device | str):
         self.slots, self.ring = slots, ring
         self.k = torch.zeros(batch_size, kv_heads, slots, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # -1: empty
         self.image_ids = torch.full((batch_size, slots), -1, dtype=torch.long, device=device)  # -1: text
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               image_ids: Optional[torch.Tensor] = None):
+    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, image_ids: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Store k, v [B, K, T, D] at `positions` [T]; return (keys, values, key_positions, key_image_ids).
 
         A global layer returns its filled slots, a ring all of its slots. A ring given T > 1 positions
@@ -49,7 +47,7 @@ class LayerCache:
         return self.k[:, :, :n], self.v[:, :, :n], self.pos[:n], None if image_ids is None else self.image_ids[:, :n]
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-              image_ids: Optional[torch.Tensor] = None) -> None:
+              image_ids: torch.Tensor | None = None) -> None:
         """Position p goes to slot p % slots; of more positions than slots, only the last `slots` are kept."""
         keep = min(k.shape[2], self.slots)
         slot = positions[-keep:] % self.slots
@@ -67,7 +65,7 @@ class KVCache:
     """
 
     def __init__(self, cfg: Gemma3Config, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
-                 device="cpu", sliding: bool = True):
+                 device: torch.device | str = "cpu", sliding: bool = True):
         check_cache_len(cfg, max_len)
         self.max_len = max_len
         self.length = 0  # the next token's position

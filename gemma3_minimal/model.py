@@ -13,8 +13,6 @@ Module names follow the checkpoint, so `state_dict()` keys equal transformers' G
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
@@ -39,9 +37,8 @@ class DecoderLayer(nn.Module):
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
-                cache: Optional[LayerCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        cos, sin = rope
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, image_ids)
+                cache: LayerCache | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), *rope, positions, cache, image_ids)  # rope: (cos, sin)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
@@ -62,8 +59,8 @@ class Gemma3TextModel(nn.Module):
         scale = torch.full((), self.config.hidden_size**0.5, dtype=w.dtype, device=input_ids.device)
         return self.embed_tokens(input_ids) * scale
 
-    def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[batch, seq, hidden] -> [batch, seq, hidden]; positions default to those after what `cache` holds."""
         T = inputs_embeds.shape[1]
         if positions is None:
@@ -74,8 +71,8 @@ class Gemma3TextModel(nn.Module):
             cache.advance(T)
         return self.blocks(inputs_embeds, positions, cache, image_ids)
 
-    def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
-               image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+               image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
         cfg = self.config
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
@@ -141,16 +138,14 @@ class Gemma3ForCausalLM(Gemma3Base):
     def text_model(self) -> Gemma3TextModel:
         return self.model
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
-                inputs_embeds: Optional[torch.Tensor] = None, image_ids: Optional[torch.Tensor] = None,
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, *,
                 last_only: bool = False) -> torch.Tensor:
-        """input_ids [batch, seq] (or inputs_embeds [batch, seq, hidden]) -> logits [batch, seq, vocab]
-        ([batch, 1, vocab] with `last_only`). Positions continue from `cache.length` (a KVCache from
-        `new_cache`); image_ids [batch, seq] (-1 for text) lets an image's tokens see each other."""
-        if inputs_embeds is None:
-            check_input_ids(self.config, input_ids)
-            inputs_embeds = self.model.embed(input_ids)
-        h = self.model(inputs_embeds, cache=cache, image_ids=image_ids)
+        """input_ids [batch, seq] -> logits [batch, seq, vocab] ([batch, 1, vocab] with `last_only`).
+
+        With a `cache` from `new_cache`, positions continue from `cache.length`.
+        """
+        check_input_ids(self.config, input_ids)
+        h = self.model(self.model.embed(input_ids), cache=cache)  # [batch, seq, hidden]
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)

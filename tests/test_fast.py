@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gemma3_minimal import Gemma3ForCausalLM, fast, generate_ids, get_config, layers, speed_up
+from gemma3_minimal import Gemma3ForCausalLM, generate_ids, get_config, speed_up
 from gemma3_minimal.fast import FUSED, FastLinear, back_to_back, blocked_matvec, project, set_weight_layout
 
 TINY = get_config("tiny")
@@ -171,32 +171,6 @@ def test_speed_up_gives_the_reference_logits_tokens_and_gradients():
         model(ids[:, :24]).logsumexp(-1).mean().backward()
     for (name, a), (_, b) in zip(ref.named_parameters(), fast.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-5, msg=name)
-
-
-@pytest.mark.parametrize("chunk", [5, 16])
-def test_long_prefills_read_only_the_keys_a_chunk_sees_and_equal_the_reference(monkeypatch, chunk):
-    """Queries in chunks shorter than the input (40 tokens, window 8): the reference masks all the keys,
-    the fast model reads each chunk's key range only; a plain forward, images, a cached prefill."""
-    ref, quick = reference_and_fast()
-    ids = torch.randint(0, TINY.vocab_size, (2, 40), generator=torch.Generator().manual_seed(4))
-    image_ids = torch.full((2, 40), -1)
-    image_ids[0, 10:20], image_ids[1, 25:31] = 0, 0  # tokens of one image see each other both ways
-    with torch.no_grad():
-        whole = ref(ids), ref(ids, image_ids=image_ids)  # in one chunk of QUERY_CHUNK = 512 queries
-        monkeypatch.setattr(layers, "QUERY_CHUNK", chunk)
-        monkeypatch.setattr(fast, "QUERY_CHUNK", chunk)
-        plain, key_lengths = layers.grouped_attention, []
-        monkeypatch.setattr(layers, "grouped_attention", lambda q, k, *rest: key_lengths.append(k.shape[2])
-                            or plain(q, k, *rest))
-        for model in (ref, quick):
-            key_lengths.clear()
-            torch.testing.assert_close(model(ids), whole[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(model(ids, image_ids=image_ids), whole[1], atol=1e-5, rtol=0)
-            # the reference reads all 40 keys; the fast model skips keys that no query of a chunk sees
-            assert (min(key_lengths) == 40) == (model is ref)
-            cache = model.new_cache(40, batch_size=2)
-            model(ids[:, :7], cache)
-            torch.testing.assert_close(model(ids[:, 7:], cache), whole[0][:, 7:], atol=1e-5, rtol=0)
 
 
 def test_speed_up_equals_the_reference_on_the_real_270m(real_model):
