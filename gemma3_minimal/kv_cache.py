@@ -31,12 +31,9 @@ class LayerCache:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, image_ids: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Store k, v [B, K, T, D] at `positions` [T]; return (keys, values, key_positions, key_image_ids).
-
-        A global layer returns its filled slots, a ring all of its slots. A ring given T > 1 positions
-        returns its old slots and the new keys side by side: the first queries of the chunk still
-        need keys that its last ones overwrite.
-        """
+        """Store k, v [B, K, T, D] at `positions` [T]; return the (keys, values, positions, image ids) to attend to:
+        a global layer's filled slots, a ring's slots, or for T > 1 a ring's old slots and the new keys side by
+        side (the first queries of the chunk still need keys that its last ones overwrite)."""
         if self.ring and k.shape[2] > 1:
             seen = (torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2), torch.cat([self.pos, positions]),
                     None if image_ids is None else torch.cat([self.image_ids, image_ids], dim=1))
@@ -60,9 +57,7 @@ class LayerCache:
 
 class KVCache:
     """One LayerCache per layer for `max_len` positions; `length` counts the positions written so far.
-
-    With `sliding=False` every layer keeps a full buffer (the all-global layout, for comparison).
-    """
+    With `sliding=False` every layer keeps a full buffer (the all-global layout, for comparison)."""
 
     def __init__(self, cfg: Gemma3Config, batch_size: int, max_len: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", sliding: bool = True):

@@ -74,14 +74,12 @@ class Gemma3TextModel(nn.Module):
     def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
-        cfg = self.config
+        cfg, device = self.config, positions.device
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
         # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
-        device = positions.device
-        local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device))
-        global_rope = rope_cos_sin(
-            positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
-        )
+        local_freq = rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device)
+        global_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
+        local_rope, global_rope = rope_cos_sin(positions, local_freq), rope_cos_sin(positions, global_freq)
         for i, layer in enumerate(self.layers):
             rope = local_rope if layer.is_sliding else global_rope
             x = layer(x, rope, positions, None if cache is None else cache[i], image_ids)
