@@ -35,6 +35,27 @@ def check_input_ids(cfg: Gemma3Config, input_ids: torch.Tensor) -> None:
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
 
 
+def check_context(cfg: Gemma3Config, n_positions: int, what: str, fix: str) -> None:
+    """Refuse more positions than the model's context; `what` names them and `fix` says what to do."""
+    if n_positions > cfg.max_position_embeddings:
+        raise ValueError(f"{what}: {n_positions} positions exceed the context of {cfg.name} "
+                         f"({cfg.max_position_embeddings} positions); {fix}")
+
+
+def check_cache_len(cfg: Gemma3Config, max_len: int) -> None:
+    """A KV cache holds at least one position and no more than the model's context."""
+    if not is_int(max_len) or max_len < 1:
+        raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
+    check_context(cfg, max_len, "max_len", "build a smaller cache")
+
+
+def check_cache_room(length: int, max_len: int) -> None:
+    """Refuse to write positions past the end of a KV cache built for `max_len`."""
+    if length > max_len:
+        raise ValueError(f"KV cache full: it was built for {max_len} positions and {length} were asked for; "
+                         "build the cache with a larger max_len")
+
+
 def is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -55,14 +76,25 @@ def check_sampling(temperature: float, top_k: Optional[int] = None, top_p: Optio
         raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
 
 
-def check_generation(max_new_tokens: int, temperature: float, top_k: Optional[int] = None,
-                     top_p: Optional[float] = None) -> None:
-    """`max_new_tokens` an integer >= 0, and the sampling settings in range (see `check_sampling`)."""
+def check_generation(model, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float,
+                     top_k: Optional[int] = None, top_p: Optional[float] = None, compile: bool = False) -> list[int]:
+    """Check a generation's settings (see `check_sampling`) and prompt; return the prompt as a list of ints.
+
+    `max_new_tokens` is an integer >= 0 that, with the prompt, fits the model's context; `compile=True`
+    needs a model that `speed_up` prepared.
+    """
     if not is_int(max_new_tokens):
         raise TypeError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_sampling(temperature, top_k, top_p)
+    if compile and not hasattr(model, "compiled_decoding"):
+        raise ValueError("compile=True needs a model prepared by g3.speed_up(model) (load_pretrained does it)")
+    prompt = check_prompt_ids(prompt_ids)
+    check_context(model.config, len(prompt) + max_new_tokens,
+                  f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens})",
+                  "shorten the prompt or lower max_new_tokens")
+    return prompt
 
 
 def check_prompt_ids(prompt_ids: Sequence[int]) -> list[int]:

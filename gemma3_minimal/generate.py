@@ -10,15 +10,15 @@ config (`<eos>`, `<end_of_turn>`). Text and chat prompts, and streaming text, ar
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from .checks import check_generation, check_prompt_ids, check_sampling
+from .checks import check_generation, check_sampling
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
-                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token from logits [batch, vocab] -> [batch] ids.
 
     temperature 0 is greedy (argmax). Otherwise logits / temperature, keep the `top_k` largest,
@@ -33,44 +33,33 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # tokens after the nucleus is complete
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the nucleus is complete
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
 def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                 stop_ids: Optional[Sequence[int]] = None, compile: bool = False, **prefill_inputs) -> Iterator[int]:
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop_ids: Sequence[int] | None = None, compile: bool = False, **prefill_inputs) -> Iterator[int]:
     """Yield new token ids one by one (batch 1), stopping after a stop id or `max_new_tokens`.
 
     `stop_ids` default to `model.config.stop_token_ids`. `prefill_inputs` go to the prompt's
     forward pass only (e.g. `pixel_values` for the images). `compile=True` runs the steps through
     the performance layer's static cache and compiled step (`compiled.py`; `speed_up` sets it up).
     """
-    check_generation(max_new_tokens, temperature, top_k, top_p)
+    prompt = check_generation(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, compile)
+    max_len = len(prompt) + max_new_tokens
     stop_ids = model.config.stop_token_ids if stop_ids is None else stop_ids
     device = next(model.parameters()).device
-    ids = torch.as_tensor(check_prompt_ids(prompt_ids), dtype=torch.long, device=device)[None]  # [1, T]
-    max_len = ids.shape[1] + max_new_tokens
-    if max_len > model.config.max_position_embeddings:
-        raise ValueError(
-            f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-            f"{model.config.max_position_embeddings} positions"
-        )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    generator = None if seed is None else torch.Generator(device).manual_seed(seed)
     if compile:  # speed as a separate, visible choice: a static cache and a compiled step
-        if not hasattr(model, "compiled_decoding"):
-            raise ValueError("compile=True needs a model prepared by g3.speed_up(model) (load_pretrained does it)")
         session = model.compiled_decoding(max_len)
     else:
-        session = contextlib.nullcontext((model.new_cache(max_len=max_len), model))
+        session = contextlib.nullcontext((model.new_cache(max_len), model))
     with session as (cache, step):  # step(ids [1, 1], cache) -> logits [1, 1, vocab]
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)  # [1, T]
         logits = model(ids, cache, last_only=True, **prefill_inputs)[:, -1]  # [1, vocab]
         for _ in range(max_new_tokens):
             next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [1]

@@ -14,8 +14,6 @@ re-lays them for decoding speed without changing names or results.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,8 +23,7 @@ from .kv_cache import LayerCache
 from .masks import attention_mask
 from .rope import apply_rope
 
-# Queries per attention call when no cache bounds the keys: keeps every score block at
-# [heads, 512, keys] instead of materializing a [seq, seq] matrix for long inputs.
+# Queries per attention call: every score block is [heads, 512, keys], never [seq, seq] for long inputs.
 QUERY_CHUNK = 512
 
 
@@ -79,7 +76,6 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: Gemma3Config, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -94,53 +90,40 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(D, cfg.rms_norm_eps)  # QK-norm replaces Gemma 2's soft-capping
         self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,  # [B, T, hidden]
-        cos: torch.Tensor,  # [T, D] or [B, 1, T, D]
-        sin: torch.Tensor,
-        positions: torch.Tensor,  # [T] absolute positions of the queries
-        cache: Optional[LayerCache] = None,  # None for a plain forward
-        image_ids: Optional[torch.Tensor] = None,  # [B, T] which image a token belongs to, -1 for text
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                cache: LayerCache | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, hidden] at `positions` [T] -> [B, T, hidden]. cos, sin: RoPE tables [T, D];
+        `cache` stores the new keys and gives back all the queries see; image_ids [B, T]: -1 for text."""
         B, T, _ = x.shape
+        H, K, D = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.project_qkv(x)  # [B, T, H * D], [B, T, K * D], [B, T, K * D]
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
+        v = v.view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
+        k_pos, k_image_ids = positions, image_ids
         if cache is not None:
-            k, v, k_pos, k_image_ids = cache.update(k, v, positions, image_ids)
-        else:
-            k_pos, k_image_ids = positions, image_ids
+            k, v, k_pos, k_image_ids = cache.update(k, v, positions, image_ids)  # [B, K, Tk, D]
         out = self.attend(q, k, v, positions, k_pos, image_ids, k_image_ids)  # [B, H, T, D]
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three input projections x Wq, x Wk, x Wv."""
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
-    def attend(self, q, k, v, q_pos, k_pos, q_image_ids, k_image_ids) -> torch.Tensor:
-        """softmax(q k^T * scaling + mask) v in query chunks; q [B, H, Tq, D], k/v [B, K, Tk, D]."""
-        Tq, Tk = q.shape[2], k.shape[2]
-        # Keys at consecutive positions (a plain forward, a global cache): a query chunk only
-        # needs the keys from its window start to its last position, so slice them.
-        sequential = Tq > 1 and Tk > QUERY_CHUNK and torch.equal(
-            k_pos, torch.arange(int(k_pos[0]), int(k_pos[0]) + Tk, device=k_pos.device)
-        )
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+               q_image_ids: torch.Tensor | None = None, k_image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T * scaling + mask) v, QUERY_CHUNK queries at a time: q [B, H, Tq, D], k, v [B, K, Tk, D]
+        at positions q_pos [Tq], k_pos [Tk]; image ids [B, Tq], [B, Tk] (or None for text only)."""
         outs = []
-        for start in range(0, Tq, QUERY_CHUNK):
-            stop = min(start + QUERY_CHUNK, Tq)
-            lo, hi = 0, Tk
-            if sequential:
-                k0 = int(k_pos[0])
-                if self.sliding_window is not None:
-                    lo = max(0, int(q_pos[start]) - self.sliding_window + 1 - k0)
-                if q_image_ids is None:  # image tokens may look ahead within their image
-                    hi = min(Tk, int(q_pos[stop - 1]) + 1 - k0)
-            qg = None if q_image_ids is None else q_image_ids[:, None, start:stop]
-            kg = None if k_image_ids is None else k_image_ids[:, None, lo:hi]
-            mask = attention_mask(q_pos[start:stop], k_pos[lo:hi], self.sliding_window, qg, kg)
-            outs.append(grouped_attention(q[:, :, start:stop], k[:, :, lo:hi], v[:, :, lo:hi], mask, self.scaling))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        for start in range(0, q.shape[2], QUERY_CHUNK):
+            rows = slice(start, start + QUERY_CHUNK)
+            q_images = None if q_image_ids is None else q_image_ids[:, rows]
+            mask = attention_mask(q_pos[rows], k_pos, self.sliding_window, q_images, k_image_ids)  # [(B,) Tq, Tk]
+            keys = slice(None)
+            if q.shape[2] > 1:  # a prompt: skip the keys that no query of the chunk sees (one query sees all)
+                seen = mask.reshape(-1, mask.shape[-1]).any(dim=0).nonzero()  # [n, 1] indices of keys seen
+                keys = slice(int(seen[0]), int(seen[-1]) + 1)
+            outs.append(grouped_attention(q[:, :, rows], k[:, :, keys], v[:, :, keys], mask[..., keys], self.scaling))
+        return torch.cat(outs, dim=2)  # [B, H, Tq, D]

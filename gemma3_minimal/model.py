@@ -13,12 +13,10 @@ Module names follow the checkpoint, so `state_dict()` keys equal transformers' G
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
-from .checks import check_input_ids
+from .checks import check_context, check_input_ids
 from .config import LOCAL, Gemma3Config
 from .kv_cache import KVCache, LayerCache
 from .layers import Attention, GeGLU, RMSNorm
@@ -39,9 +37,8 @@ class DecoderLayer(nn.Module):
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor,
-                cache: Optional[LayerCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        cos, sin = rope
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, image_ids)
+                cache: LayerCache | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        attn = self.self_attn(self.input_layernorm(x), *rope, positions, cache, image_ids)  # rope: (cos, sin)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
@@ -62,37 +59,27 @@ class Gemma3TextModel(nn.Module):
         scale = torch.full((), self.config.hidden_size**0.5, dtype=w.dtype, device=input_ids.device)
         return self.embed_tokens(input_ids) * scale
 
-    def forward(self, inputs_embeds: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Hidden states [batch, seq, hidden] of inputs_embeds [batch, seq, hidden].
-
-        Positions default to the ones after what `cache` holds (0, 1, ... without a cache).
-        """
-        cfg = self.config
+    def forward(self, inputs_embeds: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, seq, hidden] -> [batch, seq, hidden]; positions default to those after what `cache` holds."""
         T = inputs_embeds.shape[1]
         if positions is None:
-            offset = 0 if cache is None else cache.length
-            if offset + T > cfg.max_position_embeddings:
-                raise ValueError(
-                    f"sequence of {offset + T} positions is longer than the context of {cfg.name} "
-                    f"({cfg.max_position_embeddings}); shorten the input"
-                )
-            positions = torch.arange(offset, offset + T, device=inputs_embeds.device)
+            start = 0 if cache is None else cache.length
+            check_context(self.config, start + T, "the input", "shorten it")
+            positions = torch.arange(start, start + T, device=inputs_embeds.device)
         if cache is not None:
             cache.advance(T)
         return self.blocks(inputs_embeds, positions, cache, image_ids)
 
-    def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: Optional[KVCache] = None,
-               image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+               image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
-        cfg = self.config
+        cfg, device = self.config, positions.device
         # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
         # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
-        device = positions.device
-        local_rope = rope_cos_sin(positions, rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device))
-        global_rope = rope_cos_sin(
-            positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
-        )
+        local_freq = rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device)
+        global_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
+        local_rope, global_rope = rope_cos_sin(positions, local_freq), rope_cos_sin(positions, global_freq)
         for i, layer in enumerate(self.layers):
             rope = local_rope if layer.is_sliding else global_rope
             x = layer(x, rope, positions, None if cache is None else cache[i], image_ids)
@@ -149,21 +136,14 @@ class Gemma3ForCausalLM(Gemma3Base):
     def text_model(self) -> Gemma3TextModel:
         return self.model
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None, *,
-                inputs_embeds: Optional[torch.Tensor] = None, image_ids: Optional[torch.Tensor] = None,
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, *,
                 last_only: bool = False) -> torch.Tensor:
-        """Logits [batch, seq, vocab] (or [batch, 1, vocab] with `last_only`).
+        """input_ids [batch, seq] -> logits [batch, seq, vocab] ([batch, 1, vocab] with `last_only`).
 
-        Args:
-            input_ids: [batch, seq] token ids; or pass `inputs_embeds` [batch, seq, hidden] instead.
-            cache: a KVCache from `new_cache`; positions continue from `cache.length`.
-            image_ids: [batch, seq] which image each token belongs to (-1 for text), for
-                bidirectional attention within an image.
+        With a `cache` from `new_cache`, positions continue from `cache.length`.
         """
-        if inputs_embeds is None:
-            check_input_ids(self.config, input_ids)
-            inputs_embeds = self.model.embed(input_ids)
-        h = self.model(inputs_embeds, cache=cache, image_ids=image_ids)
+        check_input_ids(self.config, input_ids)
+        h = self.model(self.model.embed(input_ids), cache=cache)  # [batch, seq, hidden]
         if last_only:
             h = h[:, -1:]
         return self.lm_head(h)

@@ -30,7 +30,7 @@ def tiny_model():
         (torch.tensor([1, 2, 3]), ValueError, "must be [batch, seq], got shape (3,)"),
         ([[1, 2, 3]], TypeError, "must be a torch.Tensor of token ids, got list"),
         (torch.zeros((1, TINY.max_position_embeddings + 1), dtype=torch.long), ValueError,
-         "longer than the context of tiny (4096)"),
+         "the input: 4097 positions exceed the context of tiny (4096 positions)"),
     ],
 )
 def test_bad_input_ids(tiny_model, ids, error, words):
@@ -90,7 +90,8 @@ def test_cache_overflow_is_refused(tiny_model):
 
 
 def test_generation_past_the_context_is_refused(tiny_model):
-    with pytest.raises(ValueError, match="exceeds the context of 4096 positions"):
+    words = r"max_new_tokens \(200\): 4200 positions exceed the context of tiny \(4096 positions\)"
+    with pytest.raises(ValueError, match=words):
         list(g3.generate_ids(tiny_model, [2] * 4000, max_new_tokens=200))
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gemma3_minimal import Gemma3ForCausalLM, get_config
+from gemma3_minimal import Gemma3ForCausalLM, get_config, layers
 from hf_reference import random_pair
 
 TINY = get_config("tiny")
@@ -22,6 +22,33 @@ def test_logits_equal_transformers(attn):
         mine = ours(ids)
         ref = theirs(ids).logits
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [5, 16])
+def test_query_chunks_read_only_the_keys_they_see_and_equal_one_block(monkeypatch, chunk):
+    """Queries in chunks shorter than the input (40 tokens, window 8) attend each to the range of keys
+    its queries see: the logits equal transformers' and one block's, with images and through a cache."""
+    ours, theirs = random_pair(TINY, seed=1)
+    ids = torch.randint(0, TINY.vocab_size, (2, 40), generator=torch.Generator().manual_seed(4))
+    image_ids = torch.full((2, 40), -1)
+    image_ids[0, 10:20], image_ids[1, 25:31] = 0, 0  # tokens of one image see each other both ways
+
+    def with_images():
+        return ours.lm_head(ours.model(ours.model.embed(ids), image_ids=image_ids))
+
+    with torch.no_grad():
+        whole, whole_images = ours(ids), with_images()  # one chunk of QUERY_CHUNK = 512 queries
+        monkeypatch.setattr(layers, "QUERY_CHUNK", chunk)
+        plain, key_lengths = layers.grouped_attention, []
+        monkeypatch.setattr(layers, "grouped_attention", lambda q, k, *rest: key_lengths.append(k.shape[2])
+                            or plain(q, k, *rest))
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(ids), whole, atol=1e-5, rtol=0)
+        assert min(key_lengths) < chunk + TINY.sliding_window  # local layers skipped the keys out of the window
+        torch.testing.assert_close(with_images(), whole_images, atol=1e-5, rtol=0)
+        cache = ours.new_cache(40, batch_size=2)
+        ours(ids[:, :7], cache)
+        torch.testing.assert_close(ours(ids[:, 7:], cache), whole[:, 7:], atol=1e-5, rtol=0)
 
 
 def test_scaled_rope_model_equals_transformers():
