@@ -5,7 +5,7 @@
 Each (library, length) runs in a fresh subprocess; after the model is loaded its peak-RSS counter
 (VmHWM) is reset, so the figure printed is what the prefill adds above the loaded model.
 Both libraries keep only the last position's logits (a [8192, 262144] float32 logit matrix alone
-would be 8.6 GB). gemma3_minimal attends in query chunks of 1024, so no [seq, seq] score matrix
+would be 8.6 GB). gemma3_minimal attends in query chunks of 512 (`layers.QUERY_CHUNK`), so no [seq, seq] score matrix
 is ever materialized; local layers also only look at keys inside their window. transformers'
 loaded RSS includes memory its GGUF dequantization freed but the allocator kept, which its
 prefill then reuses, so compare the absolute peaks as well as the increases.
