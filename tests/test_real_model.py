@@ -43,17 +43,20 @@ def test_logits_equal_transformers_past_the_window(real_model, hf_real, long_ids
 
 
 def test_greedy_generation_equals_transformers(real_model, hf_real):
+    """Our 32 greedy tokens are transformers' greedy tokens: at every step, the token we chose is the
+    argmax of transformers' logits for the same prefix (one forward over prompt + tokens gives them all)."""
     hf, tok = hf_real
+    stop_ids = real_model.config.stop_token_ids
     for prompt in PROMPTS:
         ids = tok(prompt, return_tensors="pt").input_ids
         assert ids[0, 0] == 2  # <bos>
         ours = list(generate_ids(real_model, ids[0].tolist(), max_new_tokens=32))
+        assert len(ours) == 32 or ours[-1] in stop_ids
+        assert not any(t in stop_ids for t in ours[:-1])
         with torch.no_grad():
-            out = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=list(real_model.config.stop_token_ids),
-                              pad_token_id=0)
-        theirs = out[0, ids.shape[1]:].tolist()
+            logits = hf(torch.tensor([ids[0].tolist() + ours])).logits[0, ids.shape[1] - 1:-1]  # [len(ours), vocab]
+        theirs = logits.argmax(-1).tolist()
         assert ours == theirs, (prompt, tok.decode(ours), tok.decode(theirs))
-        assert len(ours) == 32 or ours[-1] in real_model.config.stop_token_ids
 
 
 def test_token_by_token_decoding_equals_full_forward(real_model, long_ids):
