@@ -9,15 +9,19 @@ load by a sha256 of its tensors recorded when it was written.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 import torch
-from gguf.quants import dequantize
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.quants import dequantize, quant_shape_to_byte_shape
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -81,6 +85,103 @@ def _read_gguf(path: Path):
         raise ValueError(f"GGUF file {path} could not be read ({e}); delete it and assemble it again") from e
 
 
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file: its name, block format, shape [rows, cols] and stored bytes (memory-mapped;
+    [rows, bytes per row] for block formats, as `gguf.quants.dequantize` takes them)."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]
+    n_elements: int
+    n_bytes: int
+    data: np.ndarray
+
+
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+_STRING, _ARRAY = 8, 9
+_PLAIN = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}  # not in blocks
+
+
+def read_tensors(path: str | Path) -> list[GGUFTensor]:
+    """The tensors of a GGUF file, skipping its metadata values.
+
+    The layout (GGUF v3): magic "GGUF", version, tensor count, key-value count; the key-values; per tensor
+    its name, dims (innermost first), block format and offset; then the tensor bytes, each aligned to
+    `general.alignment` (32). `gguf.GGUFReader` reads the same file but parses every metadata value on the
+    way, the 262,144 vocabulary strings included (about 20 s of CPU); this steps over them.
+    """
+    try:
+        return _read_tensors(np.memmap(path, dtype=np.uint8, mode="r"))
+    except (struct.error, UnicodeDecodeError, ValueError, KeyError) as e:  # a damaged or foreign file
+        raise ValueError(f"{path} is not a readable GGUF file ({e}); delete it and call gguf_path() again") from e
+
+
+def _read_tensors(raw: np.ndarray) -> list[GGUFTensor]:
+    buf, off = memoryview(raw), 0
+
+    def take(fmt: str):
+        nonlocal off
+        values = struct.unpack_from(fmt, buf, off)
+        off += struct.calcsize(fmt)
+        return values[0] if len(values) == 1 else values
+
+    def string() -> str:
+        nonlocal off
+        n = take("<Q")
+        off += n
+        return bytes(buf[off - n:off]).decode("utf-8")
+
+    def skip(value_type: int) -> None:
+        nonlocal off
+        if value_type == _STRING:
+            n = take("<Q")  # the length, then as many bytes
+            off += n
+        elif value_type == _ARRAY:
+            item_type, count = take("<IQ")
+            if item_type in _SCALAR_BYTES:
+                off += count * _SCALAR_BYTES[item_type]
+            else:
+                for _ in range(count):
+                    skip(item_type)
+        else:
+            off += _SCALAR_BYTES[value_type]
+
+    magic, version, n_tensors, n_kv = take("<4sIQQ")
+    if magic != b"GGUF" or version < 2:
+        raise ValueError(f"magic {magic!r}, version {version}: not GGUF v2 or later")
+    alignment = 32
+    for _ in range(n_kv):
+        key, value_type = string(), take("<I")
+        if key == "general.alignment":
+            alignment = take("<I")
+        else:
+            skip(value_type)
+    infos = []
+    for _ in range(n_tensors):
+        name, n_dims = string(), take("<I")
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, off)
+        off += 8 * n_dims
+        infos.append((name, dims, *take("<IQ")))
+    start = -(-off // alignment) * alignment
+    tensors = []
+    for name, dims, type_id, offset in infos:
+        kind = GGMLQuantizationType(type_id)
+        shape = tuple(reversed(dims))
+        n = math.prod(dims)
+        block, block_bytes = GGML_QUANT_SIZES[kind]
+        n_bytes = n * block_bytes // block
+        if start + offset + n_bytes > len(raw):
+            raise ValueError(f"tensor {name} ends past the end of the file")
+        data = raw[start + offset:start + offset + n_bytes]
+        if kind in _PLAIN:
+            data = data.view(_PLAIN[kind]).reshape(shape)
+        else:
+            data = data.reshape(quant_shape_to_byte_shape(shape, kind))
+        tensors.append(GGUFTensor(name, kind, shape, n, n_bytes, data))
+    return tensors
+
+
 def check_gguf_config(reader, cfg) -> None:
     """Raise unless the file's architecture numbers equal the config's."""
     for key, field_name in _METADATA.items():
@@ -89,12 +190,12 @@ def check_gguf_config(reader, cfg) -> None:
             raise ValueError(f"GGUF says {key} = {value}, but config {cfg.name} has {field_name} = {getattr(cfg, field_name)}")
 
 
-def dequantize_gguf(reader) -> dict[str, torch.Tensor]:
+def dequantize_gguf(tensors: list[GGUFTensor]) -> dict[str, torch.Tensor]:
     """Every tensor dequantized to float32 under our names; RMSNorm scales stored as 1 + w become w."""
     state = {}
-    for t in reader.tensors:
+    for t in tensors:
         name = gguf_name_to_ours(t.name)
-        array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)  # [out, in] for matrices
+        array = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # [out, in]; a copy, not the file
         if name.endswith("norm.weight"):
             array = array - 1.0  # llama.cpp's converter stored 1 + w
         state[name] = torch.from_numpy(np.ascontiguousarray(array))
@@ -186,9 +287,8 @@ def load_gguf_state_dict(path: str | Path | None = None, cfg=None) -> dict[str, 
 
 def state_from_gguf(path: Path, cfg: Gemma3Config) -> dict[str, torch.Tensor]:
     """Read a verified GGUF, check its numbers against `cfg` and dequantize it (about a minute)."""
-    reader = _read_gguf(path)
-    check_gguf_config(reader, cfg)
-    return dequantize_gguf(reader)
+    check_gguf_config(_read_gguf(path), cfg)
+    return dequantize_gguf(read_tensors(path))
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -6,7 +6,7 @@ import torch
 
 import gemma3_minimal as g3
 from gemma3_minimal.assets import gguf_path, verify_gguf
-from gemma3_minimal.gguf_checkpoint import load_gguf_state_dict, open_gguf
+from gemma3_minimal.gguf_checkpoint import load_gguf_state_dict, open_gguf, read_tensors
 
 TINY = g3.get_config("tiny")
 
@@ -120,6 +120,19 @@ def test_truncated_copy_of_the_real_gguf(tmp_path):
     cut.write_bytes(real.read_bytes()[: 10_000_000])
     with pytest.raises(ValueError, match="corrupt"):
         load_gguf_state_dict(cut)
+
+
+@pytest.mark.parametrize("cut", [10, 100_000, 10_000_000])
+def test_read_tensors_refuses_damaged_files(tmp_path, cut):
+    """Cut in the header, in the vocabulary, and in the tensor data: a clear error each time."""
+    bad = tmp_path / "cut.gguf"
+    with open(gguf_path(), "rb") as f:
+        bad.write_bytes(f.read(cut))
+    with pytest.raises(ValueError, match="is not a readable GGUF file .*delete it"):
+        read_tensors(bad)
+    bad.write_bytes(b"GGUX" + bytes(100))
+    with pytest.raises(ValueError, match="not GGUF v2 or later"):
+        read_tensors(bad)
 
 
 def test_presets_without_bundled_weights_are_refused():

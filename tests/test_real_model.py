@@ -6,10 +6,15 @@ Float32 noise floor (REFERENCE.md): transformers' own eager and SDPA paths diffe
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gguf.quants import dequantize
 
+from gemma3_minimal.assets import gguf_path
+from gemma3_minimal.config import get_config
 from gemma3_minimal.course.reference import check_same_as_gguf, reference_dir
+from gemma3_minimal.gguf_checkpoint import expected_names, gguf_name_to_ours, read_tensors
 from gemma3_minimal.generate import generate_ids
 
 TEXT = (Path(__file__).parent / "data" / "long_text.txt").read_text()
@@ -101,3 +106,22 @@ def test_the_saved_reference_is_checked_against_the_gguf_reading(hf_real):
     finally:
         with torch.no_grad():
             weight[0, 0] = original
+
+
+def test_gguf_tensors_read_by_us_dequantize_as_transformers_reads_them(hf_real):
+    """`read_tensors` (our reader of the GGUF's tensor table) gives bytes that dequantize to transformers'
+    weights, in every block format of the file: an independent reading of offsets, shapes and formats."""
+    hf, _ = hf_real
+    theirs = hf.state_dict()
+    tensors = read_tensors(gguf_path())
+    assert len(tensors) == len(expected_names(get_config("270m")))
+    seen = set()
+    for t in tensors:
+        if t.tensor_type.name in seen:
+            continue
+        seen.add(t.tensor_type.name)
+        name = gguf_name_to_ours(t.name)
+        ours = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        expected = theirs[name] + (1.0 if name.endswith("norm.weight") else 0.0)  # the file stores 1 + w
+        assert torch.equal(ours, expected), (t.name, t.tensor_type.name)
+    assert seen == {"F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"}
