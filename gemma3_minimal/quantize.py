@@ -85,10 +85,13 @@ def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optio
     return bits, group
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None) -> QuantizedTensor:
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None,
+                    scale_dtype: torch.dtype = SCALE_DTYPE) -> QuantizedTensor:
     """Symmetric round-to-nearest quantization of w [out, in] in groups of `group_size` inputs.
 
     `group_size=None` is one group per output row. Every weight comes back within scale / 2.
+    `scale_dtype=torch.float32` keeps scales exact: int8 in groups of 32 then holds a GGUF Q8_0
+    tensor (int8 and a float16 scale per 32) without changing a weight.
     """
     if bits not in QMAX:
         raise ValueError(f"bits must be 8 or 4, got {bits!r}")
@@ -103,7 +106,7 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None
         )
     qmax = QMAX[bits]
     g = w.detach().float().reshape(out_features, in_features // group, group)
-    scale = (g.abs().amax(-1) / qmax).to(SCALE_DTYPE)  # [out, groups]
+    scale = (g.abs().amax(-1) / qmax).to(scale_dtype)  # [out, groups]
     if not torch.isfinite(scale).all():
         raise ValueError("the weight holds inf or nan: it cannot be quantized")
     safe = torch.where(scale > 0, scale, torch.ones_like(scale)).float()  # an all-zero group stays zero

@@ -117,3 +117,23 @@ def test_bad_input(tiny):
         quantize_kv_cache(q)
     with pytest.raises(TypeError, match="Gemma 3 model"):
         quantize_kv_cache(torch.nn.Linear(2, 2))
+
+
+class RoundingLayerCache(LayerCache):
+    """The float cache fed keys and values rounded through int8 and back: what the 8-bit cache must equal."""
+
+    def update(self, k, v, positions, image_ids=None):
+        group = min(32, k.shape[-1])
+        k, v = (dequantize_vectors(*quantize_vectors(t, group), t.dtype) for t in (k, v))
+        return super().update(k, v, positions, image_ids)
+
+
+def test_tiny_model_equals_the_float_cache_with_rounded_keys_and_values(tiny):
+    """Prompt chunks (the ring path for several new tokens) and single steps, past tiny's window of 8."""
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(2))
+    ref_cache, cache = KVCache(tiny.config, 1, 40), QuantizedKVCache(tiny.config, 1, 40)
+    for layer in ref_cache.layers:
+        layer.__class__ = RoundingLayerCache
+    with torch.no_grad():
+        for a, b in [(0, 6), (6, 17), (17, 18), (18, 30), (30, 31), (31, 40)]:
+            torch.testing.assert_close(tiny(ids[:, a:b], cache), tiny(ids[:, a:b], ref_cache))
