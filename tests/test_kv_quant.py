@@ -106,7 +106,7 @@ def test_real_270m_past_the_sliding_window(real_model):
     lr, lg = ref.log_softmax(-1), got.log_softmax(-1)
     kl = (lr.exp() * (lr - lg)).sum(-1)
     top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean()
-    assert kl.mean() < 2e-3 and top1 >= 0.98, (kl.mean(), top1)
+    assert kl.mean() < 1e-3 and top1 >= 0.97, (kl.mean(), top1)  # measured: KL 4.4e-4, top-1 98.5%
 
 
 def test_bad_input(tiny):
