@@ -13,6 +13,8 @@ with the others in one process (medians), so a slow spell of this shared machine
   (logical shift, no sign work); the offset comes back once per group as `- 8 * s * sum(x_group)`;
   the same kernel serves asymmetric int4 (scale and min per group, as GGUF's Q4_K):
   w = q * s + m  =>  x . w = s * (x . q) + m * sum(x_group);
+- int4 signed layout read via XOR: the library's bytes XOR 0x88 are both nibbles plus 8 (a 4-bit
+  two's complement n XOR 8 is n + 8), then as unsigned;
 - int4 unsigned, one reduction: the two nibble planes multiplied and summed as one [G] vector.
 
 Every kernel's result is checked against x @ w_dequantized.T before timing.
@@ -75,6 +77,17 @@ def matvec_unsigned(x, data, s, m):
     return (partial * s.float() + xsum * m.float()).sum(-1)
 
 
+def matvec_signed_via_xor(x, data, scale):
+    """The library's signed layout read as unsigned: a 4-bit two's complement n XOR 8 is n + 8 in
+    0..15, so byte ^ 0x88 holds both nibbles offset by 8; the offset returns as -8 * s * sum(x_group)."""
+    out_features, groups = scale.shape
+    xg = x.reshape(*x.shape[:-1], 1, groups, -1)
+    p = data.view(torch.uint8).view(out_features, groups, -1) ^ 0x88
+    half = p.shape[-1]
+    partial = (xg[..., :half] * (p & 15).float()).sum(-1) + (xg[..., half:] * (p >> 4).float()).sum(-1)
+    return ((partial - 8 * xg.sum(-1)) * scale.float()).sum(-1)
+
+
 def matvec_unsigned_one_reduction(x, data, s, m):
     """As matvec_unsigned, the two planes concatenated into one [G] reduction per group."""
     out_features, groups = s.shape
@@ -99,11 +112,12 @@ def main() -> None:
     asym = quantize_unsigned(w, G, asymmetric=True)
     compile_ = lambda f: torch.compile(f, fullgraph=True, dynamic=False)  # noqa: E731
     k8, k4 = compile_(quantized_matvec), compile_(quantized_matvec)
-    ku, ku1 = compile_(matvec_unsigned), compile_(matvec_unsigned_one_reduction)
+    ku, ku1, kx = compile_(matvec_unsigned), compile_(matvec_unsigned_one_reduction), compile_(matvec_signed_via_xor)
     fns = {
         "float32 blocked (fast.blocked_matvec)": (lambda: blocked_matvec(x, column_major), w),
         "int8 per row (quantized_matvec)": (lambda: k8(x, q8.data, q8.scale, 8), q8.dequantize()),
         "int4 signed shifts (quantized_matvec, library)": (lambda: k4(x, q4.data, q4.scale, 4), q4.dequantize()),
+        "int4 signed layout read via ^ 0x88, & and >>": (lambda: kx(x, q4.data, q4.scale), q4.dequantize()),
         "int4 unsigned & and >>, symmetric": (lambda: ku(x, *sym), dequantize_unsigned(*sym)),
         "int4 unsigned & and >>, asymmetric (scale, min)": (lambda: ku(x, *asym), dequantize_unsigned(*asym)),
         "int4 unsigned, one reduction per group": (lambda: ku1(x, *sym), dequantize_unsigned(*sym)),

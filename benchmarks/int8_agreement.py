@@ -37,6 +37,7 @@ CANDIDATES = {
     "layers groups of 32, head per channel": (32, None, torch.bfloat16),
     "groups of 32": (32, 32, torch.bfloat16),
     "groups of 32, float32 head scales": (32, 32, torch.float32),
+    "groups of 32, scales searched (k = 100..127), float32 scales": (32, 32, "search"),
 }
 
 
@@ -63,7 +64,7 @@ def bits(model: nn.Module, layers_group, head_group, head_scale) -> float:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             g = (head_group if name == "lm_head" else layers_group) or m.in_features
-            scale_bits = 32 if name == "lm_head" and head_scale == torch.float32 else 16
+            scale_bits = 32 if head_scale == "search" or (name == "lm_head" and head_scale == torch.float32) else 16
             total += m.weight.numel() * (8 + scale_bits / g)
             count += m.weight.numel()
     return total / count
@@ -73,7 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="at least this many positions per text")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--only", default=None, help="measure only this candidate (saved only with --out)")
     args = parser.parse_args()
+    if args.only:
+        CANDIDATES.update({k: v for k, v in CANDIDATES.items() if k == args.only})
+        for k in [k for k in CANDIDATES if k != args.only]:
+            del CANDIDATES[k]
     model, tok = g3.load_pretrained("270m", fast=False)
     lin = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}  # lm_head: the tied table
     originals = {name: m.weight.detach().clone() for name, m in lin.items()}
@@ -83,7 +89,9 @@ def main() -> None:
     for cand, (layers_group, head_group, head_scale) in CANDIDATES.items():
         with torch.no_grad():
             for name, m in lin.items():
-                if name == "lm_head":
+                if head_scale == "search":  # every matrix: the least-error scale, float32
+                    m.weight.copy_(quantize_tensor(originals[name], 8, head_group, torch.float32, search=range(100, 128)).dequantize())
+                elif name == "lm_head":
                     m.weight.copy_(quantize_tensor(originals[name], 8, head_group, head_scale).dequantize())
                 else:
                     m.weight.copy_(quantize_tensor(originals[name], 8, layers_group).dequantize())
@@ -102,6 +110,8 @@ def main() -> None:
     with torch.no_grad():
         for name, m in lin.items():
             m.weight.copy_(originals[name])
+    if args.only and args.out == str(OUT):  # one candidate: saved only to a file named with --out
+        return
     Path(args.out).write_text(json.dumps(dict(row_tokens=ROW, candidates=results, load_average=os.getloadavg()),
                                          indent=1) + "\n")
 
