@@ -164,9 +164,13 @@ def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, b
     p = data.view(out_features, groups, -1)
     if bits == 8:
         partial = (xg * p.float()).sum(-1)  # [..., out, groups]
-    else:
+    else:  # a 4-bit two's complement n XOR 8 is n + 8 in 0..15: both nibbles with a mask and a logical
+        # shift (inductor's CPU code for these is faster than for arithmetic shifts, benchmarks/int4_kernels.py);
+        # the offset 8 comes back once per group as 8 * sum(x_group)
+        u = p.view(torch.uint8) ^ 0x88
         half = p.shape[-1]
-        partial = (xg[..., :half] * ((p << 4) >> 4).float()).sum(-1) + (xg[..., half:] * (p >> 4).float()).sum(-1)
+        partial = ((xg[..., :half] * (u & 15).float()).sum(-1) + (xg[..., half:] * (u >> 4).float()).sum(-1)
+                   - 8 * xg.sum(-1))
     return (partial * scale.float()).sum(-1)
 
 
