@@ -27,6 +27,7 @@ what a slot holds changes. Weight quantization (`quantize.py`) and this cache co
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
@@ -162,6 +163,13 @@ class StaticQuantizedKVCache(QuantizedKVCache):
     reset = StaticKVCache.reset
 
 
+def new_quantized_cache(model: Gemma3Base, max_len: int, batch_size: int = 1, sliding: bool = True) -> QuantizedKVCache:
+    """An empty 8-bit KV cache for `max_len` positions, on the model's compute dtype and device
+    (`model.new_cache` after `quantize_kv_cache`)."""
+    w = model.text_model.norm.weight
+    return QuantizedKVCache(model.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
+
+
 def quantize_kv_cache(model: Gemma3Base, bits: int = 8) -> Gemma3Base:
     """Make every KV cache the model builds from now on 8-bit (eager `new_cache` and the compiled
     step's static caches); weights are untouched. Returns the model."""
@@ -172,11 +180,7 @@ def quantize_kv_cache(model: Gemma3Base, bits: int = 8) -> Gemma3Base:
     if model.__dict__.get("kv_cache_bits") is not None:
         raise ValueError(f"the model's KV cache is already {model.kv_cache_bits}-bit")
 
-    def new_cache(max_len: int, batch_size: int = 1, sliding: bool = True) -> QuantizedKVCache:
-        w = model.text_model.norm.weight  # the compute dtype and device
-        return QuantizedKVCache(model.config, batch_size, max_len, w.dtype, w.device, sliding=sliding)
-
-    new_cache.__doc__ = "An empty 8-bit KV cache for `max_len` positions (see kv_quant.QuantizedKVCache)."
-    model.__dict__.update(kv_cache_bits=bits, new_cache=new_cache, static_cache_class=StaticQuantizedKVCache)
+    model.__dict__.update(kv_cache_bits=bits, new_cache=types.MethodType(new_quantized_cache, model),
+                          static_cache_class=StaticQuantizedKVCache)  # a bound method: deepcopy rebinds it
     model.__dict__.pop("_static_caches", None)  # float static caches made before are not reused
     return model

@@ -115,6 +115,7 @@ def test_bad_input(tiny):
     q = quantize_kv_cache(copy.deepcopy(tiny))
     with pytest.raises(ValueError, match="already 8-bit"):
         quantize_kv_cache(q)
+    assert isinstance(copy.deepcopy(q).new_cache(8), QuantizedKVCache)  # a copy keeps the 8-bit cache
     with pytest.raises(TypeError, match="Gemma 3 model"):
         quantize_kv_cache(torch.nn.Linear(2, 2))
 
