@@ -86,14 +86,17 @@ def compiled_decoding(model: Gemma3Base, max_len: int) -> Iterator[tuple[StaticK
     """
     size = min(-(-max_len // CACHE_ROUNDING) * CACHE_ROUNDING, model.config.max_position_embeddings)
     w = model.text_model.norm.weight  # the compute dtype and device (a quantized head holds integers)
+    kind = model.__dict__.get("static_cache_class", StaticKVCache)  # kv_quant's 8-bit cache sets another
+    key = (kind, size, w.dtype, w.device)
     with _LOCK:
         pool = _pool(model)
-        fits = [c for c in pool if c.max_len == size and c[0].k.dtype == w.dtype and c[0].k.device == w.device]
+        fits = [c for c in pool if c.pool_key == key]
         if fits:
             cache = fits[0]
             pool.remove(cache)
         else:
-            cache = StaticKVCache(model.config, 1, size, w.dtype, w.device)
+            cache = kind(model.config, 1, size, w.dtype, w.device)
+            cache.pool_key = key
     cache.reset()
     compiled = compiled_decode_step(w.device.type)
 

@@ -85,10 +85,33 @@ def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optio
     return bits, group
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None) -> QuantizedTensor:
+def searched_scales(g: torch.Tensor, qmax: int, levels: range) -> torch.Tensor:
+    """Per group of g [out, groups, G], the scale max|w| / k (k in `levels`) whose rounding has the
+    least squared error, float32 [out, groups]. On weights already on a coarser grid (a GGUF's Q5_0:
+    w = d * n, |n| <= 16) some k is a multiple of the grid's top level (e.g. 7 * 16 = 112), and
+    max|w| / k lands every weight exactly; plain max|w| / qmax does not."""
+    amax = g.abs().amax(-1)
+    best = best_err = None
+    for k in levels:
+        scale = torch.where(amax > 0, amax / k, torch.ones_like(amax))
+        err = (torch.round(g / scale[..., None]).clamp_(-qmax, qmax) * scale[..., None] - g).pow_(2).sum(-1)
+        if best is None:
+            best, best_err = scale, err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, scale, best), torch.where(better, err, best_err)
+    return torch.where(amax > 0, best, torch.zeros_like(best))
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None,
+                    scale_dtype: torch.dtype = SCALE_DTYPE, search: Optional[range] = None) -> QuantizedTensor:
     """Symmetric round-to-nearest quantization of w [out, in] in groups of `group_size` inputs.
 
     `group_size=None` is one group per output row. Every weight comes back within scale / 2.
+    `scale_dtype=torch.float32` keeps scales exact: int8 in groups of 32 then holds a GGUF Q8_0
+    tensor (int8 and a float16 scale per 32) without changing a weight. `search` (e.g.
+    range(100, 128) for int8): the scale of each group is chosen among max|w| / k, k in `search`,
+    for the least squared error (`searched_scales`), instead of max|w| / qmax.
     """
     if bits not in QMAX:
         raise ValueError(f"bits must be 8 or 4, got {bits!r}")
@@ -103,7 +126,11 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None
         )
     qmax = QMAX[bits]
     g = w.detach().float().reshape(out_features, in_features // group, group)
-    scale = (g.abs().amax(-1) / qmax).to(SCALE_DTYPE)  # [out, groups]
+    if search is None:
+        scale = (g.abs().amax(-1) / qmax).to(scale_dtype)  # [out, groups]
+    else:
+        scale = torch.cat([searched_scales(g[i:i + CHUNK_ROWS], qmax, search)
+                           for i in range(0, out_features, CHUNK_ROWS)]).to(scale_dtype)
     if not torch.isfinite(scale).all():
         raise ValueError("the weight holds inf or nan: it cannot be quantized")
     safe = torch.where(scale > 0, scale, torch.ones_like(scale)).float()  # an all-zero group stays zero
@@ -137,9 +164,13 @@ def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, b
     p = data.view(out_features, groups, -1)
     if bits == 8:
         partial = (xg * p.float()).sum(-1)  # [..., out, groups]
-    else:
+    else:  # a 4-bit two's complement n XOR 8 is n + 8 in 0..15: both nibbles with a mask and a logical
+        # shift (inductor's CPU code for these is faster than for arithmetic shifts, benchmarks/int4_kernels.py);
+        # the offset 8 comes back once per group as 8 * sum(x_group)
+        u = p.view(torch.uint8) ^ 0x88
         half = p.shape[-1]
-        partial = (xg[..., :half] * ((p << 4) >> 4).float()).sum(-1) + (xg[..., half:] * (p >> 4).float()).sum(-1)
+        partial = ((xg[..., :half] * (u & 15).float()).sum(-1) + (xg[..., half:] * (u >> 4).float()).sum(-1)
+                   - 8 * xg.sum(-1))
     return (partial * scale.float()).sum(-1)
 
 

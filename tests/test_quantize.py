@@ -224,3 +224,16 @@ def test_saved_decode_results_in_step_with_the_library():
     int4 = norms + sum(w.numel() // 2 + w.numel() // 32 * 2 for w in matrices)
     assert saved["int8"]["weight_bytes"] == int8 and saved["int4"]["weight_bytes"] == int4
     assert saved["float32"]["weight_bytes"] == norms + sum(w.numel() * 4 for w in matrices)
+
+
+def test_searched_scales_land_weights_already_on_a_coarser_grid():
+    """Weights on a Q5_0-like grid (w = d * n, |n| <= 16, a float16 d per 32): int8 with a searched
+    scale (max|w| / k, k = 100..127, float32) gives them back exactly; max|w| / 127 does not."""
+    g = torch.Generator().manual_seed(0)
+    d = (torch.rand(8, 4, 1, generator=g) * 0.01 + 0.001).half().float()
+    n = torch.randint(-16, 16, (8, 4, 32), generator=g).float()
+    w = (d * n).reshape(8, 128)
+    searched = quantize_tensor(w, 8, 32, torch.float32, search=range(100, 128)).dequantize()
+    plain = quantize_tensor(w, 8, 32, torch.float32).dequantize()
+    assert (searched - w).abs().max() <= w.abs().max() * 2**-20
+    assert (plain - w).abs().max() > w.abs().max() * 1e-3
