@@ -13,6 +13,7 @@ from .fast import speed_up
 from .chat import generate, generate_with_images, stream
 from .generate import generate_ids, sample_next
 from .kv_cache import KVCache
+from .kv_quant import quantize_kv_cache
 from .layers import Attention, GeGLU, RMSNorm
 from .masks import attention_mask, causal_mask, image_groups, sliding_window_mask
 from .memory import count_parameters, kv_cache_bytes, parameter_breakdown, weight_bytes
@@ -24,5 +25,6 @@ from .teacher_store import StoreError, TeacherStore, cache_teacher_logits
 from .tokenizer import Gemma3Tokenizer, train_tokenizer
 from .vision import Gemma3MultiModalProjector, SiglipVisionModel
 from .pretrained import default_checkpoint, load_model, load_pretrained
+from .quantize import quantize
 
 __version__ = "0.1.0"

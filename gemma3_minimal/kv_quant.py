@@ -76,7 +76,7 @@ class QuantizedLayerCache(LayerCache):
     @property
     def nbytes(self) -> int:
         """Bytes of the int8 keys and values and of their scales."""
-        return super().nbytes + sum(t.numel() * t.element_size() for t in (self.k_scale, self.v_scale))
+        return sum(t.nbytes for t in (self.k, self.v, self.k_scale, self.v_scale))
 
     def keys_values(self, end: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float keys and values of slots [0, end) (all slots by default)."""
@@ -97,17 +97,9 @@ class QuantizedLayerCache(LayerCache):
             key_image_ids = None if image_ids is None else torch.cat([self.image_ids, image_ids], dim=1)
             self.write_quantized(qk, sk, qv, sv, positions, image_ids)
             return keys, values, key_pos, key_image_ids
-        if self.ring:
-            self.write_quantized(qk, sk, qv, sv, positions, image_ids)
-            return (*self.keys_values(), self.pos, None if image_ids is None else self.image_ids)
-        start = int(positions[0])  # a global layer's positions continue its filled prefix
-        end = start + T
-        self.k[:, :, start:end], self.k_scale[:, :, start:end] = qk, sk
-        self.v[:, :, start:end], self.v_scale[:, :, start:end] = qv, sv
-        self.pos[start:end] = positions
-        if image_ids is not None:
-            self.image_ids[:, start:end] = image_ids
-        return (*self.keys_values(end), self.pos[:end], None if image_ids is None else self.image_ids[:, :end])
+        self.write_quantized(qk, sk, qv, sv, positions, image_ids)
+        n = self.slots if self.ring else int(positions[-1]) + 1  # a global layer is filled up to the last position
+        return (*self.keys_values(n), self.pos[:n], None if image_ids is None else self.image_ids[:, :n])
 
     def write(self, k, v, positions, image_ids=None) -> None:
         """Ring write of float keys and values (rounded here)."""
@@ -136,6 +128,11 @@ class QuantizedKVCache(KVCache):
         super().__init__(cfg, batch_size, max_len, dtype, "meta", sliding)  # the layout, no memory
         self.layers = [self.layer_class(batch_size, cfg.num_key_value_heads, layer.slots, cfg.head_dim,
                                         layer.ring, dtype, device) for layer in self.layers]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all int8 keys and values and their scales."""
+        return sum(layer.nbytes for layer in self.layers)
 
 
 class StaticQuantizedLayerCache(QuantizedLayerCache):
