@@ -44,7 +44,7 @@ PYTEST_ARGS = [
 INSTALLS = {
     "": "PyTorch (CPU), JupyterLab, matplotlib, ipywidgets and the Gemma 3 270M weights (1.6 GB in "
         ".venv/): about 1-2 minutes on 2 cores, plus the download",
-    "course": "transformers, the reference that notebooks 01, 06 and 11 check the library against "
+    "course": "transformers, the reference that notebooks 06 and 11 check the library against "
               "(0.1 GB more): under a minute on 2 cores, plus the download",
     "test": "the test tools as well (transformers, pytest, nbval, Playwright; 0.3 GB more): "
             "about 1 more minute on 2 cores, plus the download",

@@ -56,7 +56,7 @@ def test_lab_installs_the_course_reference_and_test_includes_it(fake_venv, capsy
     started = []
     monkeypatch.setattr(tasks, "serve", started.append)
     monkeypatch.setattr(tasks.sys, "argv", ["tasks.py", "lab"])
-    tasks.lab()  # transformers comes with the course: notebooks 01, 06 and 11 compare with it
+    tasks.lab()  # transformers comes with the course: notebooks 06 and 11 compare with it
     said = capsys.readouterr().out
     assert fake_venv == [".[course]"] and tasks.INSTALLS["course"] in said and len(started) == 1
     assert tasks.is_up_to_date("course") and tasks.is_up_to_date("") and not tasks.is_up_to_date("test")
