@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from .checks import check_context, check_input_ids
-from .config import LOCAL, Gemma3Config
+from .config import GLOBAL, LOCAL, Gemma3Config
 from .kv_cache import KVCache, LayerCache
 from .layers import Attention, GeGLU, RMSNorm
-from .rope import rope_cos_sin, rope_inv_freq
+from .rope import layer_inv_freq, rope_cos_sin
 
 
 class DecoderLayer(nn.Module):
@@ -74,15 +74,13 @@ class Gemma3TextModel(nn.Module):
     def blocks(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder blocks and the final norm at `positions` [seq]; `cache` is not advanced here."""
-        cfg, device = self.config, positions.device
-        # RoPE: base 10k on local layers; 1M (with linear scaling on 128K models) on global ones.
-        # Tables are float32 and made per call, so a bfloat16 model keeps exact angles.
-        local_freq = rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device)
-        global_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
-        local_rope, global_rope = rope_cos_sin(positions, local_freq), rope_cos_sin(positions, global_freq)
+        # RoPE tables per layer kind (base 10k local, 1M global), float32 and made per call, so a
+        # bfloat16 model keeps exact angles.
+        rope = {kind: rope_cos_sin(positions, layer_inv_freq(self.config, kind, positions.device))
+                for kind in (LOCAL, GLOBAL)}
         for i, layer in enumerate(self.layers):
-            rope = local_rope if layer.is_sliding else global_rope
-            x = layer(x, rope, positions, None if cache is None else cache[i], image_ids)
+            kind = LOCAL if layer.is_sliding else GLOBAL
+            x = layer(x, rope[kind], positions, None if cache is None else cache[i], image_ids)
         return self.norm(x)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import LOCAL, Gemma3Config
+
 
 def rope_inv_freq(head_dim: int, base: float, scaling_factor: float = 1.0, device=None) -> torch.Tensor:
     """[head_dim / 2] float32 frequencies `1 / base^(2i / head_dim) / scaling_factor`."""
@@ -18,6 +20,14 @@ def rope_inv_freq(head_dim: int, base: float, scaling_factor: float = 1.0, devic
         raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     return 1.0 / (base**exponent) / scaling_factor
+
+
+def layer_inv_freq(cfg: Gemma3Config, kind: str, device=None) -> torch.Tensor:
+    """The frequencies of a layer kind: base 10k on LOCAL layers; base 1M, divided by
+    `rope_scaling_factor` (8 on the 128K models), on GLOBAL ones."""
+    if kind == LOCAL:
+        return rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq, device=device)
+    return rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, device=device)
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,11 +95,7 @@ def _angles(cfg, layer_idx: int, positions: torch.Tensor, local_scaled: bool = F
 
 def _angles_reference(cfg, layer_idx: int, positions: torch.Tensor) -> torch.Tensor:
     """The angles behind the library's tables: `Gemma3TextModel.blocks` picks local or global per layer."""
-    if cfg.layer_types[layer_idx] == LOCAL:
-        inv_freq = rope.rope_inv_freq(cfg.head_dim, cfg.rope_local_base_freq)
-    else:
-        inv_freq = rope.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor)
-    return positions.float()[:, None] * inv_freq
+    return positions.float()[:, None] * rope.layer_inv_freq(cfg, cfg.layer_types[layer_idx])
 
 
 def _angles_cases(n_random: int = 6, seed: int = 0) -> list[Case]:
