@@ -1,7 +1,7 @@
 """transformers' Gemma 3 270M, built from the same GGUF: the reference the notebooks, tests and benchmarks compare with.
 
-transformers reads the GGUF with its own code (vocabulary, config and dequantization: a few minutes
-on 2 cores, most of it parsing the 262,144-piece vocabulary). What it builds is saved once in the
+transformers reads the GGUF with its own code (vocabulary, config and dequantization; slow, most of it
+parsing the 262,144-piece vocabulary: see benchmarks/RESULTS.md). What it builds is saved once in the
 asset cache as a plain transformers folder (`config.json`, `model.safetensors`, tokenizer files),
 keyed by the GGUF's sha256 and transformers' version, with the sha256 of every file recorded when
 it was written and checked on every load: a damaged or edited copy is rebuilt from the GGUF, with a
@@ -133,7 +133,8 @@ _SAMPLES = (
 def check_same_as_gguf(folder: Path, model, tok) -> None:
     """Raise unless `folder` loads back to exactly `model` and `tok`: every weight, the config, the vocabulary,
     the special tokens, the chat template and the ids of sample strings."""
-    saved = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with _quiet():
+        saved = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     ours, theirs = model.state_dict(), saved.state_dict()
     wrong = sorted(k for k in ours.keys() | theirs.keys() if k not in ours or k not in theirs or not torch.equal(ours[k], theirs[k]))
     skip = {"quantization_config", "_name_or_path"}  # how it was loaded, and from where
