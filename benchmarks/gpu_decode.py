@@ -103,11 +103,16 @@ def tiny_greedy_equality(device: torch.device) -> None:
     torch.manual_seed(0)
     cpu_model = g3.Gemma3ForCausalLM(cfg).eval()
     dev_model = speed_up(copy.deepcopy(cpu_model).to(device))
-    prompt = torch.randint(0, cfg.vocab_size, (24,), generator=torch.Generator().manual_seed(2)).tolist()
+    print_greedy_equality(cpu_model, dev_model, device, "float32")
+
+
+def print_greedy_equality(cpu_model, dev_model, device: torch.device, label: str) -> None:
+    """48 greedy tokens of the tiny config on the CPU against the device, eager and compiled."""
+    prompt = torch.randint(0, cpu_model.config.vocab_size, (24,), generator=torch.Generator().manual_seed(2)).tolist()
     reference = list(generate_ids(cpu_model, prompt, 48, stop_ids=()))
     on_device = list(generate_ids(dev_model, prompt, 48, stop_ids=()))
     compiled = list(generate_ids(dev_model, prompt, 48, stop_ids=(), compile=True))
-    print(f"\n## tiny config, float32, 48 greedy tokens: {device.type} eager == cpu: {on_device == reference}; "
+    print(f"\n## tiny config, {label}, 48 greedy tokens: {device.type} eager == cpu: {on_device == reference}; "
           f"{device.type} compiled == cpu: {compiled == reference}")
 
 

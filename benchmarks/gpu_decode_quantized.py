@@ -28,7 +28,7 @@ import gemma3_minimal as g3  # noqa: E402
 from gemma3_minimal.fast import speed_up  # noqa: E402
 from gemma3_minimal.generate import generate_ids  # noqa: E402
 from gemma3_minimal.quantize import quantize, quantized_bytes  # noqa: E402
-from gpu_decode import median_seconds  # noqa: E402
+from gpu_decode import median_seconds, print_greedy_equality  # noqa: E402
 
 
 def random_model(cfg: g3.Gemma3Config, device: torch.device) -> g3.Gemma3ForCausalLM:
@@ -65,12 +65,7 @@ def decode_speeds(name: str, device: torch.device, new_tokens: int, runs: int) -
 def tiny_greedy_equality(device: torch.device) -> None:
     cpu_model = quantize(random_model(g3.get_config("tiny"), torch.device("cpu")), "int4")
     dev_model = quantize(random_model(g3.get_config("tiny"), torch.device("cpu")).to(device), "int4")
-    prompt = torch.randint(0, 512, (24,), generator=torch.Generator().manual_seed(2)).tolist()
-    reference = list(generate_ids(cpu_model, prompt, 48, stop_ids=()))
-    on_device = list(generate_ids(dev_model, prompt, 48, stop_ids=()))
-    compiled = list(generate_ids(dev_model, prompt, 48, stop_ids=(), compile=True))
-    print(f"\n## tiny config, int4, 48 greedy tokens: {device.type} eager == cpu: {on_device == reference}; "
-          f"{device.type} compiled == cpu: {compiled == reference}")
+    print_greedy_equality(cpu_model, dev_model, device, "int4")
 
 
 def main() -> None:

@@ -106,16 +106,12 @@ class QuantizedLayerCache(LayerCache):
         self.write_quantized(*quantize_vectors(k, self.group), *quantize_vectors(v, self.group), positions, image_ids)
 
     def write_quantized(self, qk, sk, qv, sv, positions, image_ids=None) -> None:
-        """Position p goes to slot p % slots; only the last `slots` positions are kept."""
+        """LayerCache.write of the int8 keys and values, and their scales into the same slots."""
+        super().write(qk, qv, positions, image_ids)
         keep = min(qk.shape[2], self.slots)
         slot = positions[-keep:] % self.slots
-        self.k.index_copy_(2, slot, qk[:, :, -keep:])
         self.k_scale.index_copy_(2, slot, sk[:, :, -keep:])
-        self.v.index_copy_(2, slot, qv[:, :, -keep:])
         self.v_scale.index_copy_(2, slot, sv[:, :, -keep:])
-        self.pos.index_copy_(0, slot, positions[-keep:])
-        if image_ids is not None:
-            self.image_ids[:, slot] = image_ids[:, -keep:]
 
 
 class QuantizedKVCache(KVCache):
