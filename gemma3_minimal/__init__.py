@@ -11,7 +11,8 @@ from .distill import (
 )
 from .fast import speed_up
 from .chat import generate, generate_with_images, stream
-from .generate import generate_ids, sample_next
+from .generate import generate_ids
+from .sampling import sample_next
 from .kv_cache import KVCache
 from .kv_quant import quantize_kv_cache
 from .layers import Attention, GeGLU, RMSNorm

@@ -1,10 +1,11 @@
-"""Text generation with the KV cache: greedy, temperature, top-k and top-p sampling, streaming.
+"""Text generation with the KV cache: the prompt read once, then one token at a time.
 
     prefill:  logits = model(prompt_ids, cache)        the prompt is read once into the cache
-    decode:   repeat  next = sample(logits[-1]);  logits = model([next], cache)
+    decode:   repeat  next = sample_next(logits[-1]);  logits = model([next], cache)
 
-Each step feeds one token and reads the logits of the next. Generation stops at a stop id of the
-config (`<eos>`, `<end_of_turn>`). Text and chat prompts, and streaming text, are in `chat.py`.
+Each step feeds one token and reads the logits of the next; `sampling.sample_next` picks it.
+Generation stops at a stop id of the config (`<eos>`, `<end_of_turn>`). Text and chat prompts,
+and streaming text, are in `chat.py`.
 """
 
 from __future__ import annotations
@@ -14,29 +15,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .checks import check_generation, check_sampling
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token from logits [batch, vocab] -> [batch] ids.
-
-    temperature 0 is greedy (argmax). Otherwise logits / temperature, keep the `top_k` largest,
-    then the smallest set whose probability reaches `top_p`, and sample from what is left.
-    """
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the nucleus is complete
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+from .checks import check_generation
+from .sampling import sample_next
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "gemma3_minimal"
 # Layers, imported one way only: a module may import its own layer and the layers above it in this list.
 CORE = {"config", "masks", "rope", "layers", "kv_cache", "model", "vision", "multimodal", "generate",
-        "memory", "pan_and_scan", "distill", "teacher_store", "checks", "chat"}
+        "sampling", "memory", "pan_and_scan", "distill", "teacher_store", "checks", "chat"}
 PERFORMANCE = {"fast", "compiled", "quantize", "kv_quant"}
 FORBIDDEN_IN_CORE = ("torch.library", "custom_op", "data_ptr", "as_strided", "is_compiling", "cudagraph",
                      "column_major", "stride(", "mark_static_address")

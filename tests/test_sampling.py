@@ -1,4 +1,4 @@
-"""The generation loop's sampling: seeded, and top-k / top-p keep exactly the tokens they should."""
+"""Sampling the next token: seeded, and top-k / top-p keep exactly the tokens they should."""
 
 import torch
 
