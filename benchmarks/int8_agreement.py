@@ -1,6 +1,7 @@
 """Which int8 layout agrees with the float32 270M on >= 99% of next tokens (issue 17's target)?
 
     python benchmarks/int8_agreement.py [--tokens 1024] [--out benchmarks/results/int8_agreement.json]
+    python benchmarks/int8_agreement.py --gguf-int8 [--compiled-check]    # -> results/int8_agreement_gguf.json
 
 Candidates round every Linear and the tied embedding/head with `quantize.quantize_tensor` (int8,
 symmetric) in groups of G inputs (None: one group per output row), the layers and the table
@@ -10,6 +11,13 @@ the figure that counts is taken on held-out text it was not chosen on, the book 
 (data/kjv_genesis.txt, from chapter 2 on: its opening is easy for any model) ("held out").
 Each text is cut into rows of ROW tokens starting with <bos>; measured on every next-token
 distribution: top-1 agreement with the float model, KL(float || int8), and bits per weight.
+
+`--gguf-int8` measures only the library's lossless layout instead, `load_model("270m",
+quantize="gguf-int8")` (the GGUF's own integers; its eager forward, not a float model with
+replaced weights), with its bits per weight from `quantize.quantized_bytes` (the matrices: int8,
+scales and mins, the tied table once). `--compiled-check` adds a greedy decode with
+`generate_ids(compile=True)` after a 600-token prompt (past the 512-token window), against the
+float32 model's tokens (a few minutes of compiling on 2 cores: not in the test suite).
 """
 
 from __future__ import annotations
@@ -17,17 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 import gemma3_minimal as g3
-from gemma3_minimal.quantize import quantize_tensor
+from gemma3_minimal.generate import generate_ids
+from gemma3_minimal.quantize import GGUF_INT8, QuantLinear, quantize_tensor, quantized_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "int8_agreement.json"
+GGUF_OUT = ROOT / "benchmarks" / "results" / "int8_agreement_gguf.json"
 ROW = 256
+CHECK_PROMPT, CHECK_NEW = 600, 32  # --compiled-check: prompt tokens of Genesis, then greedy tokens
 # name -> (group of the layers' Linears, group of the embedding/head, scale dtype of the head);
 # None: per output channel. Layers' scales are bfloat16 (the library's).
 CANDIDATES = {
@@ -70,11 +82,49 @@ def bits(model: nn.Module, layers_group, head_group, head_scale) -> float:
     return total / count
 
 
+def matrix_bits(model: nn.Module) -> tuple[float, int, int]:
+    """(bits per weight, bytes, weights) of a quantized model's matrices: everything `quantized_bytes`
+    counts except the float32 norms (the tied table once)."""
+    norms = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
+    nbytes = quantized_bytes(model) - norms
+    return nbytes * 8 / weights, nbytes, weights
+
+
+def measure_gguf_int8(tok, data, refs, compiled_check: bool) -> dict:
+    """The row of `load_model("270m", quantize="gguf-int8")`, and optionally its compiled greedy check."""
+    model = g3.load_model("270m", quantize=GGUF_INT8)
+    bits_pw, nbytes, weights = matrix_bits(model)
+    result = dict(format=GGUF_INT8, bits_per_weight=bits_pw, matrix_bytes=nbytes, matrix_weights=weights,
+                  all_bytes=quantized_bytes(model))
+    for text, rows in data.items():
+        ref, got = refs[text], logprobs(model, rows)
+        kl = float((ref.exp() * (ref - got)).sum(-1).mean())
+        top1 = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+        result[text] = dict(positions=ref.shape[0], kl=kl, top1_agreement=top1,
+                            max_abs_logprob_difference=float((ref - got).abs().max()))
+        print(f"{GGUF_INT8}: {bits_pw:.3f} bits  {text:42s} {ref.shape[0]} pos  top-1 {top1:.4f}  KL {kl:.3g}", flush=True)
+    if compiled_check:
+        genesis = (ROOT / "data" / "kjv_genesis.txt").read_text(encoding="utf-8")
+        prompt = tok.encode(genesis, add_bos=True)[:CHECK_PROMPT]
+        start = time.perf_counter()
+        got = list(generate_ids(model, prompt, CHECK_NEW, stop_ids=(), compile=True))
+        seconds = time.perf_counter() - start
+        want = list(generate_ids(g3.load_model("270m"), prompt, CHECK_NEW, stop_ids=()))
+        result["compiled_greedy"] = dict(prompt_tokens=len(prompt), new_tokens=CHECK_NEW, equal=got == want,
+                                         equal_prefix=next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want)),
+                                         seconds_with_compiling=seconds)
+        print(f"compiled greedy after {len(prompt)} prompt tokens: {result['compiled_greedy']}", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="at least this many positions per text")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--only", default=None, help="measure only this candidate (saved only with --out)")
+    parser.add_argument("--gguf-int8", action="store_true", help=f"measure only load_model(quantize={GGUF_INT8!r})")
+    parser.add_argument("--compiled-check", action="store_true", help="with --gguf-int8: compiled greedy tokens too")
     args = parser.parse_args()
     if args.only:
         CANDIDATES.update({k: v for k, v in CANDIDATES.items() if k == args.only})
@@ -85,6 +135,11 @@ def main() -> None:
     originals = {name: m.weight.detach().clone() for name, m in lin.items()}
     data = {name: rows_of(ids, tok.bos_id, args.tokens) for name, ids in texts(tok).items()}
     refs = {name: logprobs(model, rows) for name, rows in data.items()}
+    if args.gguf_int8:
+        result = measure_gguf_int8(tok, data, refs, args.compiled_check)
+        out = GGUF_OUT if args.out == str(OUT) else Path(args.out)
+        out.write_text(json.dumps(dict(row_tokens=ROW, gguf_int8=result, load_average=os.getloadavg()), indent=1) + "\n")
+        return
     results = {}
     for cand, (layers_group, head_group, head_scale) in CANDIDATES.items():
         with torch.no_grad():

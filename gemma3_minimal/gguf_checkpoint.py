@@ -4,6 +4,10 @@
 converter stores each RMSNorm scale as `1 + w`, so we load `w = stored - 1`. The float32 state
 dict is cached as safetensors beside the GGUF, keyed by the GGUF's sha256 and verified on every
 load by a sha256 of its tensors recorded when it was written.
+
+`gguf_int8_tensors` reads the same blocks without dequantizing them: every matrix's integers as
+int8 with its block scales (and, for Q4_K, mins), so `load_pretrained("270m", quantize="gguf-int8")`
+holds exactly the float32 model's weights in about a third of its bytes (see `quantize.py`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import gguf
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf.quants import dequantize, quant_shape_to_byte_shape
+from gguf.quants import Q4_K, dequantize, quant_shape_to_byte_shape
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .assets import cache_dir, expected_sha256, gguf_path, verify_gguf, write_atomically
 from .config import Gemma3Config, get_config
+from .quantize import QuantizedTensor
 
 _SOURCE_KEY, _CONTENT_KEY = "gguf_sha256", "content_sha256"  # the cache's safetensors metadata
 _HASH_BLOCK = 1 << 26
@@ -303,3 +308,100 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}")
             params[name].copy_(tensor)
+
+
+# --- the GGUF's integers as int8, without re-rounding --------------------------------------------
+#
+# Block layouts (ggml's block_q8_0, block_q5_0, block_q4_K, block_q6_K; float16 scales, little-endian),
+# as byte offsets inside one block. The integers themselves are unpacked by gguf's own dequantization
+# run on a copy of the blocks whose scales are set to 1 and mins to 0: what it returns then is q.
+_F16_ONE = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+_Q4_K_UNIT_SCALES = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1], dtype=np.uint8)  # sc_j = 1, m_j = 0 (j = 0..7)
+
+
+def _f16(blocks: np.ndarray, at: int) -> torch.Tensor:
+    """The float16 at byte `at` of every block [rows, n_blocks, bytes] -> float16 [rows, n_blocks]."""
+    return torch.from_numpy(np.ascontiguousarray(blocks[..., at:at + 2]).view(np.float16)[..., 0])
+
+
+def _unit_integers(t: GGUFTensor, unit: np.ndarray) -> torch.Tensor:
+    """int8 [rows, cols]: gguf's dequantization of blocks whose scales are 1 and mins 0."""
+    q = dequantize(unit.reshape(t.data.shape), t.tensor_type)
+    return torch.from_numpy(q.astype(np.int8))
+
+
+def _int8_q8_0(t: GGUFTensor, blocks: np.ndarray) -> QuantizedTensor:
+    """Q8_0 (34 bytes: float16 d, 32 int8): w = d * q, int8 groups of 32 with scale d (float16)."""
+    q = torch.from_numpy(np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(t.shape))
+    return QuantizedTensor(q, _f16(blocks, 0), 8, 32)
+
+
+def _int8_q5_0(t: GGUFTensor, blocks: np.ndarray) -> QuantizedTensor:
+    """Q5_0 (22 bytes: float16 d, 4 bytes of high bits, 16 of low nibbles): w = d * n, n in -16..15,
+    int8 groups of 32 with scale d (float16)."""
+    unit = blocks.copy()
+    unit[..., 0:2] = _F16_ONE
+    return QuantizedTensor(_unit_integers(t, unit), _f16(blocks, 0), 8, 32)
+
+
+def _int8_q6_k(t: GGUFTensor, blocks: np.ndarray) -> QuantizedTensor:
+    """Q6_K (210 bytes: 128 low nibbles, 64 of high bit pairs, 16 int8 sub-block scales sc_j, float16 d):
+    w = d * sc_j * q, q in -32..31, int8 groups of 16 with scale d * sc_j (float32, an exact product)."""
+    sc = torch.from_numpy(np.ascontiguousarray(blocks[..., 192:208]).view(np.int8))  # [rows, n_blocks, 16]
+    scale = _f16(blocks, 208).float()[..., None] * sc.float()
+    unit = blocks.copy()
+    unit[..., 192:208] = 1
+    unit[..., 208:210] = _F16_ONE
+    return QuantizedTensor(_unit_integers(t, unit), scale.reshape(t.shape[0], -1), 8, 16)
+
+
+def _int8_q4_k(t: GGUFTensor, blocks: np.ndarray) -> QuantizedTensor:
+    """Q4_K (144 bytes: float16 d and dmin, 12 bytes of 6-bit sc_j and m_j, 128 of nibbles): w = d * sc_j * q
+    - dmin * m_j, q in 0..15, int8 groups of 32 with scale d * sc_j and min -dmin * m_j (float32, exact
+    products; the sum is rounded to float32 as gguf rounds it)."""
+    rows, n_blocks, _ = blocks.shape
+    sc, m = Q4_K.get_scale_min(np.ascontiguousarray(blocks[..., 4:16]).reshape(-1, 12))  # [rows * n_blocks, 8]
+    sc = torch.from_numpy(sc.astype(np.float32)).view(rows, n_blocks, 8)
+    m = torch.from_numpy(m.astype(np.float32)).view(rows, n_blocks, 8)
+    scale = _f16(blocks, 0).float()[..., None] * sc
+    minimum = -(_f16(blocks, 2).float()[..., None] * m)
+    unit = blocks.copy()
+    unit[..., 0:2] = _F16_ONE
+    unit[..., 2:4] = 0
+    unit[..., 4:16] = _Q4_K_UNIT_SCALES
+    return QuantizedTensor(_unit_integers(t, unit), scale.reshape(rows, -1), 8, 32, minimum.reshape(rows, -1))
+
+
+_INT8_FORMS = {
+    GGMLQuantizationType.Q8_0: _int8_q8_0,
+    GGMLQuantizationType.Q5_0: _int8_q5_0,
+    GGMLQuantizationType.Q6_K: _int8_q6_k,
+    GGMLQuantizationType.Q4_K: _int8_q4_k,
+}
+
+
+def int8_tensor(t: GGUFTensor) -> QuantizedTensor:
+    """One GGUF matrix as int8 groups holding its own integers: `dequantize()` of the result equals
+    gguf's dequantization of the tensor bit for bit. A block type without such a form is an error."""
+    if t.tensor_type not in _INT8_FORMS or len(t.shape) != 2:
+        raise ValueError(
+            f"tensor {t.name} is stored as {t.tensor_type.name} {list(t.shape)}: it has no lossless int8 form "
+            f"here (handled: 2-D {', '.join(k.name for k in _INT8_FORMS)}); load this file as float32 "
+            "(quantize=None) or round it with quantize='int8'"
+        )
+    block, block_bytes = GGML_QUANT_SIZES[t.tensor_type]
+    blocks = np.asarray(t.data).reshape(t.shape[0], t.shape[1] // block, block_bytes)
+    return _INT8_FORMS[t.tensor_type](t, blocks)
+
+
+def gguf_int8_tensors(tensors: list[GGUFTensor]) -> tuple[dict[str, QuantizedTensor], dict[str, torch.Tensor]]:
+    """The GGUF's matrices as int8 under our module names ("lm_head" for the tied embedding/head) and its
+    RMSNorm scales in float32 under our parameter names (as `dequantize_gguf` gives them)."""
+    matrices, norms = {}, []
+    for t in tensors:
+        name = gguf_name_to_ours(t.name)
+        if name.endswith("norm.weight"):
+            norms.append(t)
+        else:
+            matrices["lm_head" if name == _TOP_NAMES["token_embd.weight"] else name.removesuffix(".weight")] = int8_tensor(t)
+    return matrices, dequantize_gguf(norms)

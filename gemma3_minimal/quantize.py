@@ -29,6 +29,20 @@ a quantized projection gets an AttributeError rather than integers taken for flo
 
 A quantized model is for inference: `train()` and quantizing twice raise; the norms' parameters
 are frozen. `load_pretrained("270m", quantize="int8")` loads, speeds up and quantizes.
+
+Groups with a min (asymmetric): a QuantizedTensor or QuantLinear may also hold `min`, float32
+[out, in / G], the value of each group's weights at integer 0:
+
+    w = q * scale + min        (the buffer `min`, key `...o_proj.min`; absent when symmetric)
+
+`quantize()` never makes one (its groups are symmetric), but `load_pretrained("270m",
+quantize="gguf-int8")` does: it holds the GGUF's own integers as int8, without re-rounding
+(`gguf_checkpoint.gguf_int8_tensors`), and a Q4_K block is `d * sc_j * q - dmin * m_j` with q in
+0..15, i.e. scale d * sc_j and min -dmin * m_j per group of 32. The format name GGUF_INT8 is only
+for that file: the group size (16 or 32) and the scales' dtype (float16 where the GGUF stores a
+float16 scale, float32 where its scale is a product) then differ from tensor to tensor, each
+read from the shape and dtype of its `scale`. A product with a min adds sum_g min_g * sum(x in g)
+outside the fused group kernel (`min_term`).
 """
 
 from __future__ import annotations
@@ -48,7 +62,8 @@ from .model import Gemma3ForCausalLM, Gemma3TextModel
 
 QMAX = {8: 127, 4: 7}
 DEFAULT_GROUP = {"int8": None, "int4": 32}  # None: one group per output row
-FORMATS = tuple(DEFAULT_GROUP)
+FORMATS = tuple(DEFAULT_GROUP)  # the formats `quantize()` rounds a float model to
+GGUF_INT8 = "gguf-int8"  # the bundled GGUF's integers as int8, exactly (pretrained.load_model builds it)
 SCALE_DTYPE = torch.bfloat16
 FEW_ROWS = 4  # inputs with at most this many rows (decoding) use the fused kernels
 CHUNK_ROWS = 16384  # eager products dequantize this many weight rows at a time
@@ -56,22 +71,24 @@ CHUNK_ROWS = 16384  # eager products dequantize this many weight rows at a time
 
 @dataclass
 class QuantizedTensor:
-    """A weight [out, in] as integers `data` and bfloat16 scales [out, in / group_size]."""
+    """A weight [out, in] as integers `data`, scales [out, in / group_size] (bfloat16 from
+    `quantize_tensor`) and optionally float32 mins of the same shape: w = q * scale (+ min)."""
 
     data: torch.Tensor  # int8 [out, in] (8 bits) or int8 [out, in / 2] (4 bits, two per byte)
     scale: torch.Tensor
     bits: int
     group_size: int
+    min: Optional[torch.Tensor] = None  # float32 [out, in / group_size]; None: symmetric groups
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.data.shape[0], self.scale.shape[1] * self.group_size
 
     def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size() + self.scale.numel() * self.scale.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.min) if t is not None)
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.data, self.scale, self.bits)
+        return dequantize(self.data, self.scale, self.bits, self.min)
 
 
 def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optional[int]]:
@@ -149,11 +166,17 @@ def unpack_int4(data: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.cat([(p << 4) >> 4, p >> 4], dim=-1)  # arithmetic shifts keep the sign
 
 
-def dequantize(data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Float32 weights [out, in] from integers and scales [out, groups]."""
+def dequantize(data: torch.Tensor, scale: torch.Tensor, bits: int, min: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Float32 weights [out, in] from integers, scales [out, groups] and mins (None: symmetric).
+
+    q * scale, then + min: two float32 operations, each rounded, in the order gguf's own
+    dequantization of a Q4_K block computes `d * q - dm`."""
     out_features, groups = scale.shape
     q = data.view(out_features, groups, -1) if bits == 8 else unpack_int4(data, groups)
-    return (q.float() * scale.float()[..., None]).reshape(out_features, -1)
+    w = q.float() * scale.float()[..., None]
+    if min is not None:
+        w = w + min[..., None]
+    return w.reshape(out_features, -1)
 
 
 def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -174,16 +197,27 @@ def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, b
     return (partial * scale.float()).sum(-1)
 
 
-def chunked_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+def min_term(x: torch.Tensor, min: torch.Tensor) -> torch.Tensor:
+    """The mins' share of x [..., in] @ w.T when w = q * scale + min: sum_g min[o, g] * sum(x in group g),
+    [..., out]. Written for torch.compile next to `quantized_matvec` (one more small reduction)."""
+    out_features, groups = min.shape
+    xs = x.reshape(*x.shape[:-1], 1, groups, -1).sum(-1)  # [..., 1, groups]
+    return (xs * min).sum(-1)
+
+
+def chunked_linear(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int,
+                   min: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x @ w.T eagerly: CHUNK_ROWS weight rows dequantized at a time (a 262,144-row head is never
     float32 in memory at once)."""
-    outs = [F.linear(x, dequantize(data[i:i + CHUNK_ROWS], scale[i:i + CHUNK_ROWS], bits))
+    outs = [F.linear(x, dequantize(data[i:i + CHUNK_ROWS], scale[i:i + CHUNK_ROWS], bits,
+                                   None if min is None else min[i:i + CHUNK_ROWS]))
             for i in range(0, data.shape[0], CHUNK_ROWS)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
 class QuantLinear(nn.Module):
-    """A bias-free Linear whose weight is quantized: buffers `qweight` and `scale` (see the module doc)."""
+    """A bias-free Linear whose weight is quantized: buffers `qweight`, `scale` and, for groups
+    with a min, `min` (see the module doc)."""
 
     def __init__(self, qt: QuantizedTensor):
         super().__init__()
@@ -191,21 +225,24 @@ class QuantLinear(nn.Module):
         self.bits, self.group_size = qt.bits, qt.group_size
         self.register_buffer("qweight", qt.data)
         self.register_buffer("scale", qt.scale)
+        self.register_buffer("min", qt.min)  # None: no buffer, no state_dict key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"a quantized model computes in float32, got input of dtype {x.dtype}")
         if torch.compiler.is_compiling() and x.numel() <= FEW_ROWS * self.in_features:
-            return quantized_matvec(x, self.qweight, self.scale, self.bits)
-        return chunked_linear(x, self.qweight, self.scale, self.bits)
+            y = quantized_matvec(x, self.qweight, self.scale, self.bits)
+            return y if self.min is None else y + min_term(x, self.min)
+        return chunked_linear(x, self.qweight, self.scale, self.bits, self.min)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float32 weight [out, in] these integers stand for."""
-        return dequantize(self.qweight, self.scale, self.bits)
+        return dequantize(self.qweight, self.scale, self.bits, self.min)
 
     def extra_repr(self) -> str:
         group = "per channel" if self.group_size == self.in_features else f"groups of {self.group_size}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}, {group}"
+        kind = ", with mins" if self.min is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}, {group}{kind}"
 
 
 class QuantEmbedding(nn.Module):
@@ -217,9 +254,11 @@ class QuantEmbedding(nn.Module):
         self.bits, self.padding_idx = head.bits, padding_idx
         self.register_buffer("qweight", head.qweight)  # the same tensors: one storage, two keys
         self.register_buffer("scale", head.scale)
+        self.register_buffer("min", head.min)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = dequantize(self.qweight[ids.reshape(-1)], self.scale[ids.reshape(-1)], self.bits)
+        flat = ids.reshape(-1)
+        rows = dequantize(self.qweight[flat], self.scale[flat], self.bits, None if self.min is None else self.min[flat])
         return rows.view(*ids.shape, self.embedding_dim)
 
 
@@ -266,26 +305,45 @@ def quantize(model: Gemma3ForCausalLM, fmt: str = "int8", group_size: Optional[i
         raise ValueError(f"the model is already quantized ({model.quantization}): quantize the float model once")
     if type(model) is not Gemma3ForCausalLM:
         raise TypeError(f"quantize supports the text model Gemma3ForCausalLM, got {type(model).__name__}")
+    if fmt == GGUF_INT8:
+        raise ValueError(f"{GGUF_INT8!r} is not a rounding of float weights but the bundled GGUF's own integers: "
+                         f"load it with load_pretrained('270m', quantize={GGUF_INT8!r})")
     bits, group = check_format(fmt, group_size)
     head = model.lm_head
     if head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
         raise ValueError("expected the head tied to the embedding (model.tie_weights())")
-    for mod in [m for m in model.modules() if isinstance(m, nn.Linear)]:  # check all before changing any
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for mod in linears.values():  # check all before changing any
         if group is not None and mod.in_features % group:
             raise ValueError(f"group_size {group} does not divide the {mod.in_features} inputs of a Linear; "
                              "pick a divisor of every width (e.g. 32 or 64)")
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child is not head:
-                setattr(module, name, QuantLinear(quantize_tensor(child.weight, bits, group)))
-    model.lm_head = QuantLinear(quantize_tensor(head.weight, bits, group))
+    tensors = {name: quantize_tensor(m.weight, bits, group) for name, m in linears.items()}
+    return quantized_model(model, tensors, fmt if group_size is None else f"{fmt}, groups of {group}")
+
+
+@torch.no_grad()
+def quantized_model(model: Gemma3ForCausalLM, tensors: dict[str, QuantizedTensor], label: str) -> QuantizedCausalLM:
+    """Turn `model` (float, or on the meta device) into a QuantizedCausalLM in place: every Linear
+    named in `tensors` (all of them, "lm_head" included) becomes a QuantLinear holding its
+    QuantizedTensor, the embedding shares the head's, and `label` names the format."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if set(tensors) != set(linears):
+        missing, unexpected = sorted(set(linears) - set(tensors)), sorted(set(tensors) - set(linears))
+        raise ValueError(f"quantized tensors do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, qt in tensors.items():
+        if qt.shape != (linears[name].out_features, linears[name].in_features):
+            raise ValueError(f"quantized tensor {name} has shape {qt.shape}, the model expects "
+                             f"{(linears[name].out_features, linears[name].in_features)}")
+    for name, qt in tensors.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, QuantLinear(qt))
     model.model.embed_tokens = QuantEmbedding(model.lm_head, model.config.pad_token_id)
     for module in model.modules():
         if type(module) in UNFAST:  # fused products read `.weight`; the plain modules call each projection
             module.__class__ = UNFAST[type(module)]
     model.model.__class__ = QuantizedTextModel
     model.__class__ = QuantizedCausalLM
-    model.quantization = fmt if group_size is None else f"{fmt}, groups of {group}"
+    model.quantization = label
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
