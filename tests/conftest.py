@@ -36,6 +36,7 @@ SLOWEST_FIRST = (
     "notebooks/06_assemble_gemma3.ipynb", "tests/test_real_model.py", "notebooks/11_real_model.ipynb",
     "notebooks/10_distillation.ipynb", "tests/test_tokenizer.py", "notebooks/12_quantization.ipynb",
     "tests/test_nbgrader.py", "tests/test_browser.py", "tests/test_fast.py", "tests/test_quantize.py",
+    "tests/test_gguf_int8.py",
 )
 
 
