@@ -12,7 +12,9 @@ the others in one process (`common.median_times`: medians, so a slow spell of th
 hits all alike):
 
 - reference: a plain float32 sum over the same bytes (the memory bound) and float32 `F.linear`;
-- today: `quantize.quantized_matvec` (each row is one chain of dependent vector adds: latency-bound);
+- before: `quantize.quantized_matvec` as it was (a copy here: each row one chain of dependent vector
+  adds, latency-bound; with groups, a sum per group then the scales). The library now uses
+  "rows x4" (per row) and "rows x4, scale in the sum" (groups);
 - split in-row: the reduction of a row viewed as [out, 4, in/4] and summed twice (inductor still
   runs the 4 parts one after another: no gain);
 - rows x P: the rows cut into P blocks (a view, no new layout), one sum per block, concatenated:
@@ -23,7 +25,7 @@ hits all alike):
 - int8 activations: x quantized symmetric per tensor, `torch._int_mm` (int32 accumulation) and an
   int32 reduction under inductor (their error is that of the activation rounding, reported apart);
 - `torch._weight_int8pack_mm` (aten's weight-only int8 op, per-row scales), and inductor's
-  `cpp.simdlen=256` on today's kernel.
+  `cpp.simdlen=256` on the kernel from before.
 
 So that a small layer's weights are read from memory, not from cache, as in a whole decode step,
 each timed call runs the product over enough copies of the weights to make >= 64 MB. Every
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from common import median_times  # noqa: E402
 
-from gemma3_minimal.quantize import quantize_tensor, quantized_matvec  # noqa: E402
+from gemma3_minimal.quantize import quantize_tensor  # noqa: E402
 
 SHAPES = {"head": (262_144, 640), "q": (1024, 640), "kv": (256, 640), "o": (640, 1024),
           "gate": (2048, 640), "down": (640, 2048)}
@@ -57,6 +59,13 @@ MIN_BYTES = 128 << 20
 
 
 # ---- candidates: per-row scale [out, 1] ---------------------------------------------------------
+
+def one_chain_per_row(x, data, scale):
+    """quantize.quantized_matvec for int8 before this benchmark: per group a sum, then the scales."""
+    out, groups = scale.shape
+    xg = x.reshape(*x.shape[:-1], 1, groups, -1)
+    return ((xg * data.view(out, groups, -1).float()).sum(-1) * scale.float()).sum(-1)
+
 
 def split_in_row(x, data, scale, parts=4):
     """Each row's reduction as [parts, in/parts], summed twice."""
@@ -135,7 +144,7 @@ def int32_reduction(x, data, scale):
 
 # ---- the run ------------------------------------------------------------------------------------
 
-HEAD_ONLY = ("today, cpp.simdlen=256", "split in-row [out, 4, in/4]", "tile16 layout", "_weight_int8pack_mm",
+HEAD_ONLY = ("before, cpp.simdlen=256", "split in-row [out, 4, in/4]", "tile16 layout", "_weight_int8pack_mm",
              "int8 x: torch._int_mm", "int8 x: int32 reduction")  # slower on the head: not repeated on the small shapes
 HEAD_ONLY_GROUPS = ("rows x4, group sums then scale", "tile16 layout x4")  # the same, in the formats with groups
 PER_ROW = "int8 per row, bfloat16 scale"
@@ -180,12 +189,12 @@ def candidates(w: torch.Tensor):
     g32 = quantize_tensor(w, 8, G, scale_dtype=torch.float32)
     gm, mins = min_format(w)
     nb = lambda *ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-    qmv = lambda x, d, s: quantized_matvec(x, d, s, 8)  # noqa: E731
+    qmv = one_chain_per_row
     row = (q.data, q.scale)
     per_row = {
         "float32 F.linear": (F.linear, (w,), nb(w), True, None),
-        "today (quantized_matvec)": (qmv, row, nb(*row), True, {}),
-        "today, cpp.simdlen=256": (qmv, row, nb(*row), True, {"cpp.simdlen": 256}),
+        "before (one chain per row)": (qmv, row, nb(*row), True, {}),
+        "before, cpp.simdlen=256": (qmv, row, nb(*row), True, {"cpp.simdlen": 256}),
         "split in-row [out, 4, in/4]": (split_in_row, row, nb(*row), True, {}),
         "rows x4 (view)": (lambda x, d, s: rows_blocks_group_sums(x, d, s, 4), row, nb(*row), True, {}),
         "rows x8 (view)": (lambda x, d, s: rows_blocks_group_sums(x, d, s, 8), row, nb(*row), True, {}),
@@ -195,7 +204,7 @@ def candidates(w: torch.Tensor):
         "int8 x: torch._int_mm": (int_mm, row, nb(*row), False, {}),
         "int8 x: int32 reduction": (int32_reduction, row, nb(*row), False, {}),
     }
-    groups = {"today (quantized_matvec)": (qmv, "rows"),
+    groups = {"before (one chain per row)": (qmv, "rows"),
               "rows x4, scale in the sum": (lambda x, d, s: rows_blocks(x, d, s, 4), "rows"),
               "rows x4, group sums then scale": (lambda x, d, s: rows_blocks_group_sums(x, d, s, 4), "rows"),
               "tile16 layout x4": (tiled, "tiles")}
