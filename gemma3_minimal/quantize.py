@@ -181,9 +181,10 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor, bits: int, min: Optional
 
 
 def quantized_matvec(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """x [..., in] @ w.T for a quantized w, written for torch.compile: each group's products are
-    summed, then scaled (int8 in groups: each product scaled, in one sum over the row); the
-    integers become floats inside the fused loop, never in memory.
+    """x [..., in] @ w.T for a quantized w, written for torch.compile: per channel, a row's products are
+    summed, then scaled; in groups, each product is scaled inside one sum over the row (a sum per
+    group would end each group with a horizontal add). The integers become floats inside the fused
+    loop, never in memory.
 
     Each output row's sum is one chain of dependent vector additions, which a CPU runs at the pace
     of its adder's latency rather than of memory. The rows are therefore read as ROW_BLOCKS blocks
@@ -202,18 +203,17 @@ def matvec_rows(x: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, bits: 
     out_features, groups = scale.shape
     xg = x.reshape(*x.shape[:-1], 1, groups, -1)  # [..., 1, groups, G]
     p = data.view(out_features, groups, -1)
-    if bits == 8 and groups > 1:  # the scale inside one sum over the row: no sum per group
-        return (xg * p.float() * scale.float()[..., None]).sum((-1, -2))
-    if bits == 8:
-        partial = (xg * p.float()).sum(-1)  # [..., out, 1]
-    else:  # a 4-bit two's complement n XOR 8 is n + 8 in 0..15: both nibbles with a mask and a logical
-        # shift (inductor's CPU code for these is faster than for arithmetic shifts, benchmarks/int4_kernels.py);
-        # the offset 8 comes back once per group as 8 * sum(x_group)
-        u = p.view(torch.uint8) ^ 0x88
-        half = p.shape[-1]
-        partial = ((xg[..., :half] * (u & 15).float()).sum(-1) + (xg[..., half:] * (u >> 4).float()).sum(-1)
-                   - 8 * xg.sum(-1))
-    return (partial * scale.float()).sum(-1)
+    if bits == 8 and groups == 1:  # per channel: the row's sum, then its scale
+        return (xg * p.float()).sum((-1, -2)) * scale.float()[..., 0]
+    s = scale.float()[..., None]  # [out, groups, 1]
+    if bits == 8:  # in groups: each product scaled inside one sum over the row (no sum per group)
+        return (xg * p.float() * s).sum((-1, -2))
+    # int4: a 4-bit two's complement n XOR 8 is n + 8 in 0..15, so n is (u & 15) - 8 for the low nibble and
+    # (u >> 4) - 8 for the high one: a mask and a logical shift (inductor's CPU code for these is faster than
+    # for arithmetic shifts, benchmarks/int4_kernels.py); both halves scaled inside one sum over the row
+    u = p.view(torch.uint8) ^ 0x88
+    half = p.shape[-1]
+    return (xg[..., :half] * s * ((u & 15).float() - 8) + xg[..., half:] * s * ((u >> 4).float() - 8)).sum((-1, -2))
 
 
 def min_term(x: torch.Tensor, min: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ from gemma3_minimal.quantize import (
     quantized_matvec,
 )
 
-FORMATS = [(8, None), (4, 32), (4, 64), (4, None)]  # (bits, group_size); None: one group per row
+FORMATS = [(8, None), (8, 32), (4, 32), (4, 64), (4, None)]  # (bits, group_size); None: one group per row
+COMPILED_MATVEC = torch.compile(quantized_matvec, fullgraph=True)
 
 
 def weights(out=96, inp=128, seed=0):
@@ -73,11 +74,15 @@ def test_products_within_the_bound_of_the_weights(bits, group):
     for y in (lin(x), quantized_matvec(x, qt.data, qt.scale, bits)):
         assert ((y.double() - exact).abs() <= bound + 1e-5).all()
     # against the dequantized weight in float64: within float32's worst-case summation error n * 2**-24 * sum |term|,
-    # each term at most |x_i| * scale * 2 * (qmax + 1) (the int4 kernel sums q + 8, then takes 8 * sum(x) back)
+    # each term at most |x_i| * scale * 2 * (qmax + 1); eagerly and as the compiled decode step runs it (the rows
+    # read as ROW_BLOCKS blocks: 96 rows here), one vector and a few
     wq = dequantize(qt.data, qt.scale, bits).double()
     top = qt.scale.double().repeat_interleave(qt.group_size, dim=1) * 2 * (QMAX[bits] + 1)
     rounding = x.shape[-1] * 2**-24 * (x.abs().double() @ top.T)
-    assert ((quantized_matvec(x, qt.data, qt.scale, bits).double() - x.double() @ wq.T).abs() <= rounding).all()
+    for product in (quantized_matvec, COMPILED_MATVEC):
+        for rows in (slice(0, 1), slice(None)):
+            y = product(x[rows], qt.data, qt.scale, bits).double()
+            assert ((y - x[rows].double() @ wq.T).abs() <= rounding[rows]).all(), product
 
 
 @pytest.fixture(scope="module")
