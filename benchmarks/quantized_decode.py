@@ -28,7 +28,7 @@ from decode import PROMPT, hf_decode, ours_decode  # noqa: E402
 import gemma3_minimal as g3  # noqa: E402
 from gemma3_minimal.quantize import quantized_bytes  # noqa: E402
 
-FORMATS = ("float32", "int8", "int4")
+FORMATS = ("float32", "int8", "int4", "gguf-int8")
 
 
 def load_hf():
