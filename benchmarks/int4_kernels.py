@@ -6,9 +6,10 @@ Each candidate is plain PyTorch under torch.compile (as in the compiled decode s
 with the others in one process (medians), so a slow spell of this shared machine hits all alike:
 
 - float32: the library's blocked product (`fast.blocked_matvec`, column-major weight), for scale;
-- int8 per row: the library's `quantize.quantized_matvec` (1 byte a weight);
-- int4 signed (the library's layout): two signed nibbles per byte, unpacked with arithmetic shifts
-  `(p << 4) >> 4` and `p >> 4`, per-group sums then scales;
+- int8 per row and int4 in groups of 32: the library's `quantize.quantized_matvec` as it is when
+  the script runs (its first saved run, `int4_kernels.json`: per-group sums, int4 unpacked with
+  arithmetic shifts `(p << 4) >> 4` and `p >> 4`; since `int4_kernels_rowblocks.json`: rows read as
+  4 blocks, int4 read via XOR, each product scaled inside one sum over the row);
 - int4 unsigned: nibbles stored as q + 8 in 0..15 (uint8), unpacked with `p & 15` and `p >> 4`
   (logical shift, no sign work); the offset comes back once per group as `- 8 * s * sum(x_group)`;
   the same kernel serves asymmetric int4 (scale and min per group, as GGUF's Q4_K):
@@ -116,7 +117,7 @@ def main() -> None:
     fns = {
         "float32 blocked (fast.blocked_matvec)": (lambda: blocked_matvec(x, column_major), w),
         "int8 per row (quantized_matvec)": (lambda: k8(x, q8.data, q8.scale, 8), q8.dequantize()),
-        "int4 signed shifts (quantized_matvec, library)": (lambda: k4(x, q4.data, q4.scale, 4), q4.dequantize()),
+        "int4 groups of 32 (quantized_matvec, library)": (lambda: k4(x, q4.data, q4.scale, 4), q4.dequantize()),
         "int4 signed layout read via ^ 0x88, & and >>": (lambda: kx(x, q4.data, q4.scale), q4.dequantize()),
         "int4 unsigned & and >>, symmetric": (lambda: ku(x, *sym), dequantize_unsigned(*sym)),
         "int4 unsigned & and >>, asymmetric (scale, min)": (lambda: ku(x, *asym), dequantize_unsigned(*asym)),

@@ -43,13 +43,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--save", default=None, help="write the figures as JSON here")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="ours to time, comma-separated (float32 is always loaded: the agreement's reference)")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     bandwidth = read_bandwidth()
     print(f"memory read bandwidth (best of a sum and a matrix-vector product over 1 GiB): {bandwidth / 1e9:.1f} GB/s")
+    formats = ("float32", *[f for f in args.formats.split(",") if f != "float32"])
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        parser.error(f"unknown formats {sorted(unknown)}: choose among {', '.join(FORMATS)}")
     models = {}
-    for fmt in FORMATS:
+    for fmt in formats:
         models[fmt], tok = g3.load_pretrained("270m", quantize=None if fmt == "float32" else fmt)
     hf = load_hf()
     ids = torch.tensor([tok.encode(PROMPT, add_bos=True)])
@@ -63,7 +69,7 @@ def main() -> None:
         fns["transformers"] = lambda: hf_decode(hf, ids, n)
         t = median_times(fns, args.runs)
     rows = {}
-    for name in (*FORMATS, "transformers"):
+    for name in (*formats, "transformers"):
         rate = n / (t[name] - t[f"pre_{name}"])
         nbytes = quantized_bytes(models[name] if name in models else hf)
         agree = sum(a == b for a, b in zip(tokens[name], tokens["float32"])) / n

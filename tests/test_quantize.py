@@ -223,9 +223,9 @@ def test_saved_quality_results_in_step_with_the_library(real_model):
 
 def test_saved_decode_results_in_step_with_the_library():
     """benchmarks/results/quantized_decode.json: the formats the library offers, bytes per token as
-    the quantized model stores them (int8: 1 byte + a scale per row; int4: 4.5 bits)."""
+    the quantized model stores them (int8: 1 byte + a scale per row; int4: 4.5 bits; gguf-int8: 8.7 bits)."""
     saved = json.loads((RESULTS / "quantized_decode.json").read_text())["rows"]
-    assert set(saved) == {"float32", "int8", "int4", "transformers"}
+    assert set(saved) == {"float32", "int8", "int4", "gguf-int8", "transformers"}
     cfg = g3.get_config("270m")
     with torch.device("meta"):
         meta = g3.Gemma3ForCausalLM(cfg)
@@ -235,6 +235,9 @@ def test_saved_decode_results_in_step_with_the_library():
     int4 = norms + sum(w.numel() // 2 + w.numel() // 32 * 2 for w in matrices)
     assert saved["int8"]["weight_bytes"] == int8 and saved["int4"]["weight_bytes"] == int4
     assert saved["float32"]["weight_bytes"] == norms + sum(w.numel() * 4 for w in matrices)
+    # gguf-int8's bytes, as tests/test_gguf_int8.py keeps int8_agreement_gguf.json in step with the library
+    gguf = json.loads((RESULTS / "int8_agreement_gguf.json").read_text())["gguf_int8"]
+    assert saved["gguf-int8"]["weight_bytes"] == gguf["all_bytes"]
 
 
 def test_searched_scales_land_weights_already_on_a_coarser_grid():
