@@ -11,7 +11,6 @@ is made: `gguf_checkpoint.gguf_int8_tensors`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -67,8 +66,7 @@ def _load_bundled_gguf_int8(name: str, device) -> QuantizedCausalLM:
     if cfg.name != "270m":
         raise ValueError(f"quantize={GGUF_INT8!r} reads the bundled 270M GGUF; {name!r} has none")
     matrices, norms = gguf_int8_tensors(read_tensors(gguf_path()))
-    matrices = {k: dataclasses.replace(qt, data=qt.data.to(device), scale=qt.scale.to(device),
-                                       min=None if qt.min is None else qt.min.to(device)) for k, qt in matrices.items()}
+    matrices = {k: qt.to(device) for k, qt in matrices.items()}
     norms = {k: v.to(device) for k, v in norms.items()}
     with torch.device("meta"):
         model = Gemma3ForCausalLM(cfg)

@@ -91,6 +91,11 @@ class QuantizedTensor:
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.data, self.scale, self.bits, self.min)
 
+    def to(self, device: torch.device | str) -> QuantizedTensor:
+        """The same integers, scales and mins on `device`."""
+        return QuantizedTensor(self.data.to(device), self.scale.to(device), self.bits, self.group_size,
+                               None if self.min is None else self.min.to(device))
+
 
 def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optional[int]]:
     """(bits, group_size) of a format name, or a clear error."""
