@@ -11,6 +11,7 @@ import torch
 
 import gemma3_minimal as g3
 from gemma3_minimal.generate import generate_ids
+from gemma3_minimal.gguf_checkpoint import read_tensors
 from gemma3_minimal.quantize import (
     QMAX,
     QuantLinear,
@@ -223,9 +224,12 @@ def test_saved_quality_results_in_step_with_the_library(real_model):
 
 def test_saved_decode_results_in_step_with_the_library():
     """benchmarks/results/quantized_decode.json: the formats the library offers, bytes per token as
-    the quantized model stores them (int8: 1 byte + a scale per row; int4: 4.5 bits; gguf-int8: 8.7 bits)."""
+    the quantized model stores them (int8: 1 byte + a scale per row; int4: 4.5 bits; gguf-int8: 8.7 bits),
+    and llama.cpp timed in the same run on the GGUF itself."""
     saved = json.loads((RESULTS / "quantized_decode.json").read_text())["rows"]
-    assert set(saved) == {"float32", "int8", "int4", "gguf-int8", "transformers"}
+    assert set(saved) == {"float32", "int8", "int4", "gguf-int8", "transformers", "llama.cpp"}
+    # llama.cpp reads the whole GGUF once per token: the bytes of all its tensors
+    assert saved["llama.cpp"]["weight_bytes"] == sum(t.n_bytes for t in read_tensors(g3.assets.gguf_path()))
     cfg = g3.get_config("270m")
     with torch.device("meta"):
         meta = g3.Gemma3ForCausalLM(cfg)
