@@ -1,4 +1,4 @@
-"""Greedy decode of the real Gemma 3 270M, float32 against int8 and int4 weights, and transformers float32.
+"""Greedy decode of the real Gemma 3 270M: our float32 and quantized models against transformers and llama.cpp.
 
     python benchmarks/quantized_decode.py [--runs 5] [--new-tokens 64] [--save benchmarks/results/quantized_decode.json]
                                           [--llamacpp-python /work/llama-venv/bin/python]
