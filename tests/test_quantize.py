@@ -22,6 +22,7 @@ from gemma3_minimal.quantize import (
     quantize_tensor,
     quantized_matvec,
 )
+from float_bounds import float32_sum_error
 
 FORMATS = [(8, None), (8, 32), (4, 32), (4, 64), (4, None)]  # (bits, group_size); None: one group per row
 COMPILED_MATVEC = torch.compile(quantized_matvec, fullgraph=True)
@@ -79,7 +80,7 @@ def test_products_within_the_bound_of_the_weights(bits, group):
     # read as ROW_BLOCKS blocks: 96 rows here), one vector and a few
     wq = dequantize(qt.data, qt.scale, bits).double()
     top = qt.scale.double().repeat_interleave(qt.group_size, dim=1) * 2 * (QMAX[bits] + 1)
-    rounding = x.shape[-1] * 2**-24 * (x.abs().double() @ top.T)
+    rounding = float32_sum_error(x, top)
     for product in (quantized_matvec, COMPILED_MATVEC):
         for rows in (slice(0, 1), slice(None)):
             y = product(x[rows], qt.data, qt.scale, bits).double()
