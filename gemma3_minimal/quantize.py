@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from .compiled import enable_compiled_decoding
 from .fast import FastAttention, FastGeGLU, FastLinear
-from .int4_kernel import int4_kernel_works, int4_matvec, supports_int4_kernel
+from .cpu_kernels import int4_matvec, int8_matvec, kernels_work, supports_int4, supports_int8
 from .kv_cache import KVCache
 from .layers import Attention, GeGLU
 from .model import Gemma3ForCausalLM, Gemma3TextModel
@@ -251,15 +251,18 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", qt.data)
         self.register_buffer("scale", qt.scale)
         self.register_buffer("min", qt.min)  # None: no buffer, no state_dict key
-        # one-row int4 products (decoding) go to the hand-written CPU kernel where it runs here (int4_kernel)
-        self.int4_kernel = (qt.bits == 4 and qt.min is None and supports_int4_kernel(self.in_features, self.group_size)
-                            and int4_kernel_works())
+        # one-row products (decoding) go to a hand-written CPU kernel where one runs here (cpu_kernels)
+        fits = (supports_int4(self.in_features, self.group_size) and qt.min is None if qt.bits == 4
+                else supports_int8(self.in_features, self.group_size, qt.scale.dtype))
+        self.cpu_kernel = fits and kernels_work()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"a quantized model computes in float32, got input of dtype {x.dtype}")
-        if self.int4_kernel and x.numel() == self.in_features and x.device.type == "cpu":
-            return int4_matvec(x, self.qweight, self.scale, self.group_size)
+        if self.cpu_kernel and x.numel() == self.in_features and x.device.type == "cpu":
+            if self.bits == 4:
+                return int4_matvec(x, self.qweight, self.scale, self.group_size)
+            return int8_matvec(x, self.qweight, self.scale, self.min, self.group_size)
         if torch.compiler.is_compiling() and x.numel() <= FEW_ROWS * self.in_features:
             y = quantized_matvec(x, self.qweight, self.scale, self.bits)
             return y if self.min is None else y + min_term(x, self.min)

@@ -1,6 +1,6 @@
-"""The hand-written int4 CPU kernel (`int4_kernel.py`, `kernels/int4_matvec.c`): the product of the
-weights it reads, in every supported layout; called from the compiled step; clear errors; a damaged
-or unbuildable library repaired or reported, never used wrong."""
+"""The hand-written CPU kernels (`cpu_kernels.py`, `kernels/`): the product of the weights they read,
+in every supported layout; called from the compiled step; clear errors; a damaged or unbuildable
+library repaired or reported, never used wrong."""
 
 import copy
 import dataclasses
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from gemma3_minimal import Gemma3ForCausalLM, generate_ids, get_config, speed_up
-from gemma3_minimal.int4_kernel import compilers, int4_kernel_works, int4_matvec, library_path, supports_int4_kernel
+from gemma3_minimal.cpu_kernels import (compilers, int4_matvec, int8_matvec, kernels_work, library_path,
+                                        supports_int4, supports_int8)
 from gemma3_minimal.quantize import QuantLinear, quantize, quantize_tensor
 from float_bounds import float32_sum_error
 
@@ -28,12 +29,12 @@ WIDE_TINY = dataclasses.replace(get_config("tiny"), hidden_size=128, intermediat
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel():
-    assert int4_kernel_works(), "the int4 kernel did not build here (see the warning)"
+    assert kernels_work(), "the CPU kernels did not build here (see the warning)"
 
 
 @pytest.mark.parametrize("out_features,in_features,group", [
     (67, 128, 32), (256, 640, 32), (130, 640, 64), (64, 640, 640), (33, 2048, 128), (5, 1024, 256)])
-def test_kernel_equals_the_dequantized_product(out_features, in_features, group):
+def test_int4_kernel_equals_the_dequantized_product(out_features, in_features, group):
     """Within twice float32's summation bound: besides the n products' sum, the kernel rounds each
     x * n (n the integer) and each 128-weight chunk's scaling: at most n + 2 roundings per output."""
     gen = torch.Generator().manual_seed(out_features)
@@ -46,19 +47,38 @@ def test_kernel_equals_the_dequantized_product(out_features, in_features, group)
     assert torch.equal(int4_matvec(x[None, None], qt.data, qt.scale, group), got[None, None])  # [..., in] rows
 
 
+@pytest.mark.parametrize("out_features,in_features,group,scale_dtype,with_min", [
+    (67, 640, 640, torch.bfloat16, False), (256, 640, 32, torch.bfloat16, False), (130, 640, 16, torch.float32, True),
+    (33, 2048, 32, torch.float16, False), (64, 1024, 32, torch.float32, True), (5, 64, 64, torch.bfloat16, False)])
+def test_int8_kernel_equals_the_dequantized_product(out_features, in_features, group, scale_dtype, with_min):
+    """Per channel, in groups, and gguf-int8's layouts (groups of 16/32, float16/float32 scales, mins)."""
+    gen = torch.Generator().manual_seed(out_features)
+    qt = quantize_tensor(torch.randn(out_features, in_features, generator=gen), 8, group)
+    scale = qt.scale.to(scale_dtype)
+    min = torch.randn(out_features, in_features // group, generator=gen) if with_min else None
+    w = quantize_module.dequantize(qt.data, scale, 8, min)
+    x = torch.randn(in_features, generator=gen)
+    got = int8_matvec(x, qt.data, scale, min, group)
+    exact = x.double() @ w.double().T
+    assert ((got.double() - exact).abs() <= 2 * float32_sum_error(x, w)).all()
+
+
 def test_supported_layouts():
-    assert supports_int4_kernel(640, 32) and supports_int4_kernel(640, 64) and supports_int4_kernel(640, 640)
-    assert not supports_int4_kernel(64, 32)  # width not a multiple of 128
-    assert not supports_int4_kernel(640, 16) and not supports_int4_kernel(384, 256)
+    assert supports_int4(640, 32) and supports_int4(640, 64) and supports_int4(640, 640)
+    assert not supports_int4(64, 32)  # width not a multiple of 128
+    assert not supports_int4(640, 16) and not supports_int4(384, 256)
+    assert supports_int8(640, 16, torch.float16) and supports_int8(640, 640, torch.bfloat16)
+    assert not supports_int8(640, 8, torch.float32) and not supports_int8(640, 32, torch.float64)
 
 
-def test_compiled_step_calls_the_kernel_and_gives_the_fallback_tokens(monkeypatch):
+@pytest.mark.parametrize("fmt", ["int4", "int8"])
+def test_compiled_step_calls_the_kernel_and_gives_the_fallback_tokens(monkeypatch, fmt):
     """Every product of a one-token step goes to the kernel, in the compiled step as eagerly; greedy
-    tokens equal those of the same model with the kernel off (dequantized products)."""
+    tokens equal those of the same model with the kernels off (dequantized products)."""
     torch.manual_seed(0)
-    q = quantize(speed_up(Gemma3ForCausalLM(WIDE_TINY).eval()), "int4")
+    q = quantize(speed_up(Gemma3ForCausalLM(WIDE_TINY).eval()), fmt)
     linears = [m for m in q.modules() if isinstance(m, QuantLinear)]
-    assert all(m.int4_kernel for m in linears)
+    assert all(m.cpu_kernel for m in linears)
 
     def fallback(*args):
         raise AssertionError("a one-token product took the compiled PyTorch kernel")
@@ -70,7 +90,7 @@ def test_compiled_step_calls_the_kernel_and_gives_the_fallback_tokens(monkeypatc
     off = copy.deepcopy(q)
     for m in off.modules():
         if isinstance(m, QuantLinear):
-            m.int4_kernel = False
+            m.cpu_kernel = False
     assert compiled == eager == list(generate_ids(off, prompt, 8, stop_ids=()))
 
 
@@ -88,11 +108,21 @@ def test_bad_input():
         op(x, qt.data, qt.scale.float(), 32)
     with pytest.raises(RuntimeError, match="packed int4"):
         op(x, qt.data[:, :64], qt.scale, 32)
+    q8 = quantize_tensor(torch.randn(8, 256), 8, 32)
+    op8 = torch.ops.gemma3_minimal.int8_matvec
+    with pytest.raises(RuntimeError, match="multiple of 16 dividing 256"):
+        op8(x, q8.data, q8.scale, None, 24)
+    with pytest.raises(RuntimeError, match="qweight must be contiguous int8"):
+        op8(x, q8.data.t().contiguous().t(), q8.scale, None, 32)
+    with pytest.raises(RuntimeError, match="scale must be contiguous bfloat16, float16 or float32"):
+        op8(x, q8.data, q8.scale.double(), None, 32)
+    with pytest.raises(RuntimeError, match="min must be contiguous float32"):
+        op8(x, q8.data, q8.scale, q8.scale, 32)
 
 
 def kernel_process(env: dict) -> subprocess.CompletedProcess:
     code = ("import warnings; warnings.simplefilter('always')\n"
-            "from gemma3_minimal.int4_kernel import int4_kernel_works\nprint(int4_kernel_works())")
+            "from gemma3_minimal.cpu_kernels import kernels_work\nprint(kernels_work())")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
