@@ -13,12 +13,14 @@ bound s / 2 holds with the stored scale. int4 pairs share a byte: in each group,
 element j in its low nibble and element j + G/2 in its high one, both signed.
 
 Only weights are quantized: activations, norms, RoPE and the KV cache stay float32, and
-products run in float32 (each weight is turned back to float in registers, never in memory, by
-the kernels below). A decode step is memory-bound, so reading 1 or 0.5 byte per weight instead
-of 4 is what makes it faster; the kernels reach that under `generate(..., compile=True)`, whose
-compiled step fuses the integer-to-float conversion into the product. Eagerly (prefill, or
-generation without compile) a weight is dequantized to float32 one chunk of rows at a time and
-multiplied by PyTorch: correct, but no faster than the float model.
+products run in float32 (each weight is turned back to float in registers, never in memory).
+A decode step is memory-bound, so reading 1 or 0.5 byte per weight instead of 4 is what makes
+it faster. One-row products (decoding, eager or compiled) go to the hand-written CPU kernels of
+`cpu_kernels.py`, which read the weights at about the memory's speed; where those cannot run
+(no compiler, a shape they do not take), `generate(..., compile=True)` fuses the integer-to-float
+conversion into each product (`quantized_matvec` below), 2-3x slower on the head. Products of
+more rows (the prompt) dequantize a weight to float32 one chunk of rows at a time and multiply
+with PyTorch: correct, but no faster than the float model.
 
 Names and keys: a quantized Linear keeps its name (`model.layers.0.self_attn.q_proj`) but holds
 two buffers instead of a `weight` parameter: `qweight` (int8; packed pairs for int4) and `scale`
