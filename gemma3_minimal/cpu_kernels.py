@@ -48,7 +48,7 @@ from .assets import cache_dir, sha256_file, write_atomically
 
 SOURCES = Path(__file__).parent / "kernels"
 C_SOURCES = (SOURCES / "int4_matvec.c", SOURCES / "int8_matvec.c")
-OP_SOURCE = SOURCES / "ops.cpp"
+OP_SOURCE, HEADER = SOURCES / "ops.cpp", SOURCES / "vectors.h"
 ENV_SWITCH = "GEMMA3_MINIMAL_CPU_KERNELS"
 BUILD_SECONDS = 300  # a compiler that takes longer is taken as hung
 INT8_SCALES = (torch.bfloat16, torch.float16, torch.float32)
@@ -113,8 +113,9 @@ def library_path(cc: str, cxx: str) -> Path:
     """Where this machine's build lives: named by a hash of the sources, torch's and Python's versions,
     the compilers' and this CPU's features (another CPU or compiler gets a build of its own)."""
     key = hashlib.sha256()
-    for part in (*(c.read_bytes() for c in C_SOURCES), OP_SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(),
-                 _compiler_version(cc).encode(), _compiler_version(cxx).encode(), _cpu_features().encode()):
+    sources = [path.read_bytes() for path in (*C_SOURCES, OP_SOURCE, HEADER)]
+    for part in (*sources, torch.__version__.encode(), sys.version.encode(), _compiler_version(cc).encode(),
+                 _compiler_version(cxx).encode(), _cpu_features().encode()):
         key.update(part)
     folder = cache_dir() / "kernels"
     folder.mkdir(exist_ok=True)

@@ -16,30 +16,16 @@
  * the rows across threads (torch's own OpenMP runtime, so torch.set_num_threads holds).
  * Products are float32: each is x * n (n a small integer), summed in float32, then scaled.
  */
-#include <stdint.h>
-#include <string.h>
+#include "vectors.h"
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint16_t v32h __attribute__((vector_size(64)));
 typedef uint64_t v8q __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
 
 #define CHUNK 64          /* bytes of a row read at once: 128 weights, 16 lanes of 8 nibbles */
 #define PREFETCH_ROWS 32  /* how far ahead rows are prefetched (a prefetch never faults) */
 
 /* a 4-bit two's complement nibble (the low 4 bits of a lane) -> its value as a float */
 static const v16f NIBBLE = {0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1};
-
-static inline v16f load16(const float* p) { v16f v; memcpy(&v, p, sizeof v); return v; }
-
-static inline float sum16(v16f v) {
-  v8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4f b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
 
 /* x [in] in the kernel's order: chunk c, nibble k, lane i -> xp[(c * 8 + k) * 16 + i] */
 void int4_permute_input(const float* x, float* xp, int64_t in, int64_t G) {

@@ -11,23 +11,16 @@
  * sums, x loaded once for the 4) and prefetched PREFETCH_ROWS ahead; OpenMP splits the rows across
  * threads (torch's own runtime, so torch.set_num_threads holds). Everything is float32.
  */
-#include <stdint.h>
-#include <string.h>
+#include "vectors.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
 typedef int8_t v16c __attribute__((vector_size(16)));
 typedef int16_t v16s __attribute__((vector_size(32)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
 
-#define PREFETCH_ROWS 16
+#define PREFETCH_ROWS 16  /* rows prefetched ahead: for the 270M's 640-wide rows the int4 kernel's distance in bytes */
 enum { SCALE_BF16 = 0, SCALE_F16 = 1, SCALE_F32 = 2 };  /* the scales' dtype */
-
-static inline v16f load16(const float* p) { v16f v; memcpy(&v, p, sizeof v); return v; }
 
 /* 16 int8 weights -> 16 floats: one sign-extending load and one conversion with AVX-512 (GCC 12 turns
  * the generic int8 -> int32 conversion into scalar code; via int16 it stays in vectors elsewhere) */
@@ -38,12 +31,6 @@ static inline v16f weights16(const int8_t* p) {
   v16c c; memcpy(&c, p, sizeof c);
   return __builtin_convertvector(__builtin_convertvector(c, v16s), v16f);
 #endif
-}
-
-static inline float sum16(v16f v) {
-  v8f a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  v4f b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 /* a . b over n floats */

@@ -14,7 +14,8 @@ void int8_matvec(const float* x, const int8_t* w, const void* scale, int kind, c
 // x [in] float32, qweight [out, in / 2] int8 (packed pairs), scale [out, in / group_size] bfloat16 -> [out]
 at::Tensor int4_matvec_op(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale, int64_t group_size) {
   TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu() && scale.device().is_cpu(), "int4_matvec runs on the CPU");
-  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(), "int4_matvec: x must be a contiguous float32 vector, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "int4_matvec: x must be a contiguous float32 vector, got ", x.sizes(), " ", x.scalar_type());
   const int64_t in = x.size(0);
   TORCH_CHECK(in % 128 == 0, "int4_matvec: the input width ", in, " must be a multiple of 128");
   TORCH_CHECK(group_size == 32 || group_size == 64 || (group_size % 128 == 0 && in % group_size == 0),
@@ -38,7 +39,8 @@ at::Tensor int4_matvec_op(const at::Tensor& x, const at::Tensor& qweight, const 
 at::Tensor int8_matvec_op(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                           const std::optional<at::Tensor>& min, int64_t group_size) {
   TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu() && scale.device().is_cpu(), "int8_matvec runs on the CPU");
-  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(), "int8_matvec: x must be a contiguous float32 vector, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "int8_matvec: x must be a contiguous float32 vector, got ", x.sizes(), " ", x.scalar_type());
   const int64_t in = x.size(0);
   TORCH_CHECK(group_size % 16 == 0 && group_size > 0 && in % group_size == 0,
               "int8_matvec: group size ", group_size, " must be a multiple of 16 dividing ", in);
