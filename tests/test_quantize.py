@@ -185,7 +185,8 @@ def test_real_270m_int8_close_to_float(real_model, real_text_ids, group):
 
 def test_real_270m_int4_equals_its_dequantized_twin(real_text_ids):
     """int4 (groups of 32) on the real 270M computes what the float model computes with each weight
-    replaced by its dequantized value (float32 summation noise aside, as in test_fast). Its distance
+    replaced by its dequantized value (float32 summation noise aside, as in test_fast), for a prompt and
+    for one-token steps (the hand-written kernel's path). Its distance
     to the float model is a property of the format, measured in benchmarks/RESULTS.md, not a bug."""
     ids = real_text_ids
     with torch.no_grad():
@@ -195,6 +196,12 @@ def test_real_270m_int4_equals_its_dequantized_twin(real_text_ids):
             if isinstance(module, QuantLinear):
                 twin.get_submodule(name).weight.copy_(module.dequantized_weight())
         torch.testing.assert_close(q(ids[:, :32]), twin(ids[:, :32]), atol=1e-4, rtol=1e-5)
+        # one token at a time through the cache: every product a one-row call of the C kernel (cpu_kernels)
+        assert q.lm_head.cpu_kernel and all(m.cpu_kernel for m in q.modules() if isinstance(m, QuantLinear))
+        q_cache, twin_cache = q.new_cache(64), twin.new_cache(64)
+        q(ids[:, :20], q_cache), twin(ids[:, :20], twin_cache)
+        for i in range(20, 28):
+            torch.testing.assert_close(q(ids[:, i:i + 1], q_cache), twin(ids[:, i:i + 1], twin_cache), atol=1e-4, rtol=1e-5)
         assert len(list(generate_ids(q, ids[0, :12].tolist(), 3, stop_ids=()))) == 3
 
 
