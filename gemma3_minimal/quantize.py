@@ -57,8 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .compiled import enable_compiled_decoding
-from .fast import FastAttention, FastGeGLU, FastLinear
 from .cpu_kernels import int4_matvec, int8_matvec, kernels_work, supports_int4, supports_int8
+from .fast import FastAttention, FastGeGLU, FastLinear
 from .kv_cache import KVCache
 from .layers import Attention, GeGLU
 from .model import Gemma3ForCausalLM, Gemma3TextModel
