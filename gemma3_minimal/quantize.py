@@ -49,12 +49,14 @@ outside the fused group kernel (`min_term`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn.utils.parametrize as parametrize
 
 from .compiled import enable_compiled_decoding
 from .cpu_kernels import int4_matvec, int8_matvec, kernels_work, supports_int4, supports_int8
@@ -354,6 +356,46 @@ def quantize(model: Gemma3ForCausalLM, fmt: str = "int8", group_size: Optional[i
                              "pick a divisor of every width (e.g. 32 or 64)")
     tensors = {name: quantize_tensor(m.weight, bits, group) for name, m in linears.items()}
     return quantized_model(model, tensors, fmt if group_size is None else f"{fmt}, groups of {group}")
+
+
+class FakeQuantize(nn.Module):
+    """Quantization-aware training's weight, as a parametrization of a Linear's `weight`. Its scales
+    are fixed when it is made: those `quantize_tensor` gives the float weight then (max|w| / qmax per
+    group; recomputing them each step moves a whole row's grid whenever its largest weight moves,
+    which the gradient does not see). Forward: the weight rounded on that grid,
+    q = clamp(round(w / s), -qmax, qmax) * s. Backward: the rounding is skipped and the gradient
+    reaches the float weight unchanged, the straight-through estimator: w + stop_gradient(q - w)."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: Optional[int]):
+        super().__init__()
+        qt = quantize_tensor(weight, bits, group_size)
+        self.qmax, self.group_size = QMAX[bits], qt.group_size
+        self.register_buffer("scale", qt.scale.float()[..., None])  # [out, groups, 1]
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        g = w.reshape(w.shape[0], -1, self.group_size)  # [out, groups, G]
+        rounded = (torch.round(g / self.scale).clamp(-self.qmax, self.qmax) * self.scale).reshape(w.shape)
+        return w + (rounded - w).detach()
+
+
+def qat_model(model: Gemma3ForCausalLM, bits: int = 4, group_size: Optional[int] = None) -> Gemma3ForCausalLM:
+    """A copy of a float model for quantization-aware training (the report's section 2.3): every
+    projection of the blocks (q, k, v, o, gate, up, down) computes with its weight rounded to `bits`
+    in groups of `group_size` (None: one group per output row) by `FakeQuantize`, and only those float
+    weights train. The tied embedding/head stays float. Before any step the copy computes what
+    post-training rounding of the same matrices gives."""
+    if isinstance(model, QuantizedCausalLM):
+        raise ValueError("QAT starts from the float model; this one is already quantized")
+    if bits not in QMAX:
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    student = copy.deepcopy(model)
+    student.requires_grad_(False)
+    for layer in student.model.layers:
+        for linear in layer.modules():
+            if isinstance(linear, nn.Linear):
+                parametrize.register_parametrization(linear, "weight", FakeQuantize(linear.weight, bits, group_size))
+                linear.parametrizations.weight.original.requires_grad_(True)
+    return student
 
 
 @torch.no_grad()

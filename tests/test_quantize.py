@@ -14,10 +14,12 @@ from gemma3_minimal.generate import generate_ids
 from gemma3_minimal.gguf_checkpoint import read_tensors
 from gemma3_minimal.quantize import (
     QMAX,
+    FakeQuantize,
     QuantLinear,
     QuantizedCausalLM,
     bits_per_weight,
     dequantize,
+    qat_model,
     quantize,
     quantize_tensor,
     quantized_matvec,
@@ -263,3 +265,23 @@ def test_searched_scales_land_weights_already_on_a_coarser_grid():
     plain = quantize_tensor(w, 8, 32, torch.float32).dequantize()
     assert (searched - w).abs().max() <= w.abs().max() * 2**-20
     assert (plain - w).abs().max() > w.abs().max() * 1e-3
+
+
+def test_fake_quantize_rounds_forward_and_passes_gradients_straight_through(tiny):
+    """QAT's weight: forward, the rounding `quantize` would store for the weight it was made from;
+    backward, the identity (straight-through). qat_model trains only the block projections' float weights."""
+    w = torch.randn(8, 64, requires_grad=True)
+    fq = FakeQuantize(w.detach(), 4, 32)
+    out = fq(w)
+    assert torch.equal(out.detach(), quantize_tensor(w.detach(), 4, 32).dequantize())
+    (out * torch.arange(64.0)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(64.0).expand(8, 64))
+    float_model = g3.Gemma3ForCausalLM(g3.get_config("tiny"))
+    student = qat_model(float_model, 4, 32)
+    trainable = {name for name, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all(".parametrizations.weight.original" in name and ".layers." in name for name in trainable)
+    assert len(trainable) == 7 * len(student.model.layers)
+    proj = student.model.layers[0].mlp.down_proj
+    assert torch.equal(proj.weight, quantize_tensor(float_model.model.layers[0].mlp.down_proj.weight, 4, 32).dequantize())
+    with pytest.raises(ValueError, match="already quantized"):
+        qat_model(quantize(copy.deepcopy(tiny), "int8"))
