@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import median_times  # noqa: E402
 
 from gemma3_minimal.fast import blocked_matvec  # noqa: E402
-from gemma3_minimal.int4_kernel import int4_kernel_works, int4_matvec  # noqa: E402
+from gemma3_minimal.cpu_kernels import int4_matvec, kernels_work  # noqa: E402
 from gemma3_minimal.quantize import quantize_tensor, quantized_matvec  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "int4_kernels.json"
@@ -124,8 +124,8 @@ def main() -> None:
         "int4 unsigned & and >>, asymmetric (scale, min)": (lambda: ku(x, *asym), dequantize_unsigned(*asym)),
         "int4 unsigned, one reduction per group": (lambda: ku1(x, *sym), dequantize_unsigned(*sym)),
     }
-    if int4_kernel_works():
-        fns["int4 groups of 32, hand-written C (int4_kernel)"] = (lambda: int4_matvec(x, q4.data, q4.scale, G), q4.dequantize())
+    if kernels_work():
+        fns["int4 groups of 32, hand-written C (cpu_kernels)"] = (lambda: int4_matvec(x, q4.data, q4.scale, G), q4.dequantize())
     with torch.no_grad():
         for name, (fn, wq) in fns.items():
             torch.testing.assert_close(fn(), x @ wq.T, atol=1e-3, rtol=1e-3)  # also compiles

@@ -13,7 +13,7 @@ float32 products with fewer instructions per weight, 4 rows at a time, prefetchi
   group's sum scaled once; per channel, in groups, and gguf-int8's groups of 16/32 with float16 or
   float32 scales and Q4_K's mins.
 
-Both reach the memory's speed on the head (benchmarks/int4_kernels.py, int8_kernels.py, RESULTS.md).
+Both read the head at 80-95% of a plain read's speed (benchmarks/cpu_kernels.py, RESULTS.md).
 They compute what the dequantized weights give in float32, summed in another order.
 
 They are built here, once per machine, with the C compiler torch.compile already needs on the CPU

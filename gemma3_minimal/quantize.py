@@ -113,6 +113,13 @@ def check_format(fmt: str, group_size: Optional[int] = None) -> tuple[int, Optio
     return bits, group
 
 
+def round_on_grid(g: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The integers of groups g [..., groups, G] on the grids `scale` [..., groups]: round(g / scale)
+    clamped to [-qmax, qmax], as floats. A zero scale (an all-zero group) gives zeros."""
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale)).float()
+    return torch.round(g / safe[..., None]).clamp_(-qmax, qmax)
+
+
 def searched_scales(g: torch.Tensor, qmax: int, levels: range) -> torch.Tensor:
     """Per group of g [out, groups, G], the scale max|w| / k (k in `levels`) whose rounding has the
     least squared error, float32 [out, groups]. On weights already on a coarser grid (a GGUF's Q5_0:
@@ -122,7 +129,7 @@ def searched_scales(g: torch.Tensor, qmax: int, levels: range) -> torch.Tensor:
     best = best_err = None
     for k in levels:
         scale = torch.where(amax > 0, amax / k, torch.ones_like(amax))
-        err = (torch.round(g / scale[..., None]).clamp_(-qmax, qmax) * scale[..., None] - g).pow_(2).sum(-1)
+        err = (round_on_grid(g, scale, qmax) * scale[..., None] - g).pow_(2).sum(-1)
         if best is None:
             best, best_err = scale, err
         else:
@@ -161,8 +168,7 @@ def quantize_tensor(w: torch.Tensor, bits: int, group_size: Optional[int] = None
                            for i in range(0, out_features, CHUNK_ROWS)]).to(scale_dtype)
     if not torch.isfinite(scale).all():
         raise ValueError("the weight holds inf or nan: it cannot be quantized")
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale)).float()  # an all-zero group stays zero
-    q = torch.round(g / safe[..., None]).clamp_(-qmax, qmax).to(torch.int8)
+    q = round_on_grid(g, scale, qmax).to(torch.int8)
     if bits == 8:
         data = q.reshape(out_features, in_features)
     else:
@@ -364,18 +370,19 @@ class FakeQuantize(nn.Module):
     group; recomputing them each step moves a whole row's grid whenever its largest weight moves,
     which the gradient does not see). Forward: the weight rounded on that grid,
     q = clamp(round(w / s), -qmax, qmax) * s. Backward: the rounding is skipped and the gradient
-    reaches the float weight unchanged, the straight-through estimator: w + stop_gradient(q - w)."""
+    reaches the float weight unchanged, the straight-through estimator: q + (w - stop_gradient(w))."""
 
     def __init__(self, weight: torch.Tensor, bits: int, group_size: Optional[int]):
         super().__init__()
         qt = quantize_tensor(weight, bits, group_size)
         self.qmax, self.group_size = QMAX[bits], qt.group_size
-        self.register_buffer("scale", qt.scale.float()[..., None])  # [out, groups, 1]
+        self.register_buffer("scale", qt.scale.float())  # [out, groups]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        g = w.reshape(w.shape[0], -1, self.group_size)  # [out, groups, G]
-        rounded = (torch.round(g / self.scale).clamp(-self.qmax, self.qmax) * self.scale).reshape(w.shape)
-        return w + (rounded - w).detach()
+        with torch.no_grad():
+            g = w.reshape(w.shape[0], -1, self.group_size)  # [out, groups, G]
+            rounded = (round_on_grid(g, self.scale, self.qmax) * self.scale[..., None]).reshape(w.shape)
+        return rounded + (w - w.detach())  # the value: rounded, exactly; the gradient: w's
 
 
 def qat_model(model: Gemma3ForCausalLM, bits: int = 4, group_size: Optional[int] = None) -> Gemma3ForCausalLM:

@@ -270,7 +270,9 @@ def test_searched_scales_land_weights_already_on_a_coarser_grid():
 def test_fake_quantize_rounds_forward_and_passes_gradients_straight_through(tiny):
     """QAT's weight: forward, the rounding `quantize` would store for the weight it was made from;
     backward, the identity (straight-through). qat_model trains only the block projections' float weights."""
-    w = torch.randn(8, 64, requires_grad=True)
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(3))
+    w[0, :32] = 0  # an all-zero group: scale 0, stays zero
+    w.requires_grad_(True)
     fq = FakeQuantize(w.detach(), 4, 32)
     out = fq(w)
     assert torch.equal(out.detach(), quantize_tensor(w.detach(), 4, 32).dequantize())

@@ -97,19 +97,18 @@ static inline __attribute__((always_inline)) void rows(const float* xp, const ui
   for (int r = 0; r < R; r++) y[o + r] = sum16(acc[r]);
 }
 
+/* rows() with npc as a constant, so each case compiles to its own loop */
+static inline __attribute__((always_inline)) void rows_any(const float* xp, const uint8_t* w, const uint16_t* scale,
+    float* y, int64_t o, int64_t in, int64_t G, const int R) {
+  if (G == 32) rows(xp, w, scale, y, o, in, G, 4, R);
+  else if (G == 64) rows(xp, w, scale, y, o, in, G, 2, R);
+  else rows(xp, w, scale, y, o, in, G, 1, R);
+}
+
 /* y [out] = W x for xp = int4_permute_input(x); requires in % 128 == 0 and G in {32, 64} or G % 128 == 0 */
 void int4_matvec(const float* xp, const uint8_t* w, const uint16_t* scale, float* y, int64_t out, int64_t in, int64_t G) {
-  const int npc = G <= 128 ? (int)(128 / G) : 1;
   const int64_t full = out - out % 4;
   #pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < full; o += 4) {
-    if (npc == 4) rows(xp, w, scale, y, o, in, G, 4, 4);
-    else if (npc == 2) rows(xp, w, scale, y, o, in, G, 2, 4);
-    else rows(xp, w, scale, y, o, in, G, 1, 4);
-  }
-  for (int64_t o = full; o < out; o++) {
-    if (npc == 4) rows(xp, w, scale, y, o, in, G, 4, 1);
-    else if (npc == 2) rows(xp, w, scale, y, o, in, G, 2, 1);
-    else rows(xp, w, scale, y, o, in, G, 1, 1);
-  }
+  for (int64_t o = 0; o < full; o += 4) rows_any(xp, w, scale, y, o, in, G, 4);
+  for (int64_t o = full; o < out; o++) rows_any(xp, w, scale, y, o, in, G, 1);
 }
